@@ -1,0 +1,380 @@
+"""Checkpoints on disk: one directory each, committed atomically, verified on load.
+
+```
+checkpoints/000160-training/
+    checkpoint.json        the record: phase, iteration, step, metrics, file hashes
+    model.safetensors      weights
+    optimizer.safetensors  optimizer tensors (hyper-parameters live in checkpoint.json)
+```
+No pickle on the load path: tensors come from safetensors, everything else from JSON,
+and every file's sha256 and size are checked before it is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .files import fsync_dir, read_json, sha256_bytes, write_bytes_durably
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "checkpoint.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT = "mlwidgets.checkpoint/1"
+STYLES = ("native", "createml", "openai", "mistral")
+# Metrics where larger is better; every other metric (losses) is minimised.
+HIGHER_IS_BETTER = ("train_accuracy", "valid_accuracy", "batch_valid_accuracy")
+_TEMP_PREFIXES = (".tmp-", ".trash-")
+
+
+class CheckpointError(Exception):
+    """A checkpoint file is missing, corrupted or tampered with (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The state of a session at one moment (Create ML's `MLCheckpoint`, plus step and files)."""
+
+    id: str
+    session_id: str
+    phase: str
+    iteration: int
+    step_number: int
+    created_at: float
+    metrics: dict[str, float | None]
+    path: Path
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, Any] = field(default_factory=dict)  # architecture, classes, image size...
+    optimizer: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, scalar state
+
+    @property
+    def date(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at, tz=timezone.utc)
+
+    @property
+    def url(self) -> str:
+        return self.path.resolve().as_uri() + "/"
+
+    @property
+    def has_model(self) -> bool:
+        return MODEL_FILE in self.files and bool(self.model.get("architecture"))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.metrics.items() if v is not None)
+        return f"Checkpoint({self.id!r}, iteration={self.iteration}, {shown})"
+
+    # -- reading -------------------------------------------------------------------
+
+    @classmethod
+    def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
+        path = Path(path)
+        record_path = path / RECORD_FILE
+        if not record_path.is_file():
+            raise CheckpointError(f"{record_path} is missing: {path} is not a checkpoint")
+        try:
+            r = read_json(record_path)
+            if r.get("format") != FORMAT:
+                raise ValueError(f"unknown format {r.get('format')!r}")
+            return cls(
+                id=path.name, session_id=r["session_id"], phase=r["phase"],
+                iteration=int(r["iteration"]), step_number=int(r["step_number"]),
+                created_at=float(r["created_at"]), metrics=dict(r["metrics"]), path=path,
+                files=dict(r["files"]), model=dict(r.get("model", {})),
+                optimizer=dict(r.get("optimizer", {})),
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{record_path} is not a valid checkpoint record: {e}") from None
+
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of one file, after checking its size and sha256 against the record."""
+        path = self.path / name
+        expected = self.files.get(name)
+        if expected is None:
+            raise CheckpointError(f"{path}: this checkpoint records no file {name!r}")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing") from None
+        if len(data) != expected["size"] or sha256_bytes(data) != expected["sha256"]:
+            raise CheckpointError(
+                f"{path} is corrupted or was modified: its size or sha256 does not match "
+                f"{self.path / RECORD_FILE}. Use another checkpoint."
+            )
+        return data
+
+    def verify(self) -> None:
+        """Check every file of the checkpoint; raise CheckpointError naming the first bad one."""
+        for name in self.files:
+            self.read_verified(name)
+
+    def load_tensors(self, name: str = MODEL_FILE) -> dict[str, Any]:
+        from safetensors.torch import load
+
+        return load(self.read_verified(name))
+
+    def load_model_state(self) -> dict[str, Any]:
+        if not self.has_model:
+            raise CheckpointError(
+                f"checkpoint {self.id} ({self.path}) holds no trained classifier "
+                f"(phase {self.phase!r}); choose a checkpoint from a training phase"
+            )
+        return self.load_tensors(MODEL_FILE)
+
+    def load_optimizer_state(self) -> dict[str, Any] | None:
+        """fastai's optimizer state dict (`{'state': [...], 'hypers': [...]}`), or None."""
+        if OPTIMIZER_FILE not in self.files:
+            return None
+        tensors = self.load_tensors(OPTIMIZER_FILE)
+        states: list[dict[str, Any]] = [{} for _ in range(self.optimizer["n_params"])]
+        for key, tensor in tensors.items():
+            index, name = key.split(".", 1)
+            states[int(index)][name] = tensor
+        for index, scalars in self.optimizer["scalars"].items():
+            states[int(index)].update(scalars)
+        return {"state": states, "hypers": self.optimizer["hypers"]}
+
+    # -- the public shapes ---------------------------------------------------------
+
+    def to_dict(self, style: str = "native") -> dict[str, Any]:
+        """The record in one of the public shapes: native, createml, openai or mistral."""
+        m = self.metrics
+        if style == "native":
+            return {
+                "id": self.id, "session_id": self.session_id, "phase": self.phase,
+                "iteration": self.iteration, "step_number": self.step_number,
+                "created_at": self.created_at, "date": self.date.isoformat(), "url": self.url,
+                "metrics": dict(m), "model": dict(self.model), "files": dict(self.files),
+            }
+        if style == "createml":
+            return {
+                "phase": _createml_phase(self.phase), "iteration": self.iteration,
+                "date": self.date.isoformat(), "url": self.url,
+                "metrics": {
+                    "loss": m.get("train_loss"), "accuracy": m.get("train_accuracy"),
+                    "validationLoss": m.get("valid_loss"),
+                    "validationAccuracy": m.get("valid_accuracy"),
+                },
+            }
+        if style == "openai":
+            architecture = self.model.get("architecture", "model")
+            return {
+                "object": "fine_tuning.job.checkpoint",
+                "id": self.id,
+                "created_at": int(self.created_at),
+                "fine_tuned_model_checkpoint":
+                    f"mlwidgets:{architecture}:{self.session_id}:ckpt-step-{self.step_number}",
+                "fine_tuning_job_id": self.session_id,
+                "metrics": {
+                    "step": self.step_number,
+                    "train_loss": m.get("train_loss"),
+                    "train_mean_token_accuracy": m.get("train_accuracy"),
+                    "valid_loss": m.get("batch_valid_loss"),
+                    "valid_mean_token_accuracy": m.get("batch_valid_accuracy"),
+                    "full_valid_loss": m.get("valid_loss"),
+                    "full_valid_mean_token_accuracy": m.get("valid_accuracy"),
+                },
+                "step_number": self.step_number,
+            }
+        if style == "mistral":
+            return {
+                "metrics": {
+                    "train_loss": m.get("train_loss"), "valid_loss": m.get("valid_loss"),
+                    "valid_mean_token_accuracy": m.get("valid_accuracy"),
+                },
+                "step_number": self.step_number,
+                "created_at": int(self.created_at),
+            }
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+
+
+def _createml_phase(phase: str) -> str:
+    # Create ML spells phases in camelCase (MLPhase).
+    head, *rest = phase.split("_")
+    return head + "".join(w.capitalize() for w in rest)
+
+
+def metric_is_better(metric: str, a: float, b: float) -> bool:
+    return a > b if metric in HIGHER_IS_BETTER else a < b
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+class CheckpointStore:
+    """The `checkpoints/` directory of a session: commit, list, find, retain.
+
+    Listing reads each `checkpoint.json` once and caches it, so scrubbing a long
+    timeline costs no disk reads. Only the training process sweeps leftovers of
+    interrupted commits (`open_for_writing`); readers simply ignore them.
+    """
+
+    def __init__(self, directory: str | os.PathLike, session_id: str):
+        self.directory = Path(directory)
+        self.session_id = session_id
+        self._cache: dict[str, Checkpoint] = {}
+
+    def open_for_writing(self) -> None:
+        """Create the directory and remove what interrupted commits left. Writer only."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for entry in self.directory.iterdir():
+            if entry.name.startswith(_TEMP_PREFIXES):
+                log.info("removing %s, left by an interrupted commit", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+    # -- listing ---------------------------------------------------------------------
+
+    def all(self) -> list[Checkpoint]:
+        """Every valid checkpoint, in time order. Broken directories are skipped with a warning."""
+        if not self.directory.is_dir():
+            return []
+        names = {e.name for e in os.scandir(self.directory)
+                 if e.is_dir() and not e.name.startswith(_TEMP_PREFIXES)}
+        for gone in set(self._cache) - names:
+            del self._cache[gone]
+        for name in sorted(names - set(self._cache)):
+            try:
+                self._cache[name] = Checkpoint.from_directory(self.directory / name)
+            except CheckpointError as e:
+                log.warning("skipping %s: %s", name, e)
+        return sorted(self._cache.values(), key=lambda c: (c.step_number, c.created_at, c.id))
+
+    def __len__(self) -> int:
+        return len(self.all())
+
+    def latest(self) -> Checkpoint | None:
+        found = self.all()
+        return found[-1] if found else None
+
+    def get(self, checkpoint_id: str) -> Checkpoint:
+        for c in self.all():
+            if c.id == checkpoint_id:
+                return c
+        known = ", ".join(c.id for c in self.all()[-5:]) or "none"
+        raise KeyError(f"no checkpoint {checkpoint_id!r} in {self.directory} (latest: {known})")
+
+    def best(self, metric: str = "valid_loss") -> Checkpoint:
+        scored = [c for c in self.all() if c.has_model and _finite(c.metrics.get(metric))]
+        if not scored:
+            raise ValueError(
+                f"no checkpoint in {self.directory} has a {metric!r} value"
+                + (" (the session has no validation data; try metric='train_loss')"
+                   if metric.startswith(("valid", "batch_valid")) and self.all() else "")
+            )
+        best = scored[0]
+        for c in scored[1:]:
+            if metric_is_better(metric, c.metrics[metric], best.metrics[metric]):
+                best = c
+        return best
+
+    # -- writing ---------------------------------------------------------------------
+
+    def commit(self, *, phase: str, iteration: int, step_number: int,
+               metrics: dict[str, float | None], model_state: dict[str, Any] | None,
+               model: dict[str, Any] | None = None,
+               optimizer_state: dict[str, Any] | None = None,
+               created_at: float | None = None) -> Checkpoint:
+        """Write a checkpoint into a temporary directory, fsync it, then rename it into place."""
+        from safetensors.torch import save
+
+        name = self._unused_name(f"{step_number:06d}-{phase}")
+        tmp = self.directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            files: dict[str, dict[str, Any]] = {}
+            optimizer_record: dict[str, Any] = {}
+            blobs: dict[str, bytes] = {}
+            if model_state is not None:
+                blobs[MODEL_FILE] = save(_contiguous(model_state))
+            if optimizer_state is not None:
+                tensors, optimizer_record = _split_optimizer_state(optimizer_state)
+                blobs[OPTIMIZER_FILE] = save(tensors)
+            for file_name, data in blobs.items():
+                write_bytes_durably(tmp / file_name, data)
+                files[file_name] = {"sha256": sha256_bytes(data), "size": len(data)}
+            record = {
+                "format": FORMAT, "session_id": self.session_id, "phase": phase,
+                "iteration": iteration, "step_number": step_number,
+                "created_at": created_at if created_at is not None else time.time(),
+                "metrics": metrics, "model": model or {}, "optimizer": optimizer_record,
+                "files": files,
+            }
+            write_bytes_durably(tmp / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
+            fsync_dir(tmp)
+            os.rename(tmp, self.directory / name)
+            fsync_dir(self.directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        checkpoint = Checkpoint.from_directory(self.directory / name)
+        self._cache[name] = checkpoint
+        return checkpoint
+
+    def _unused_name(self, name: str) -> str:
+        candidate, n = name, 1
+        while (self.directory / candidate).exists():
+            n += 1
+            candidate = f"{name}-{n}"
+        return candidate
+
+    def delete(self, checkpoint_id: str) -> None:
+        """Remove one checkpoint: renamed away first, so it vanishes from listings at once."""
+        path = self.directory / checkpoint_id
+        trash = self.directory / f".trash-{checkpoint_id}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, trash)
+        fsync_dir(self.directory)
+        self._cache.pop(checkpoint_id, None)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def apply_retention(self, keep_last: int | None, keep_best: int = 0,
+                        metric: str = "valid_loss") -> list[str]:
+        """Delete checkpoints outside the last `keep_last` and the best `keep_best`.
+
+        `keep_last=None` keeps everything. The newest checkpoint is always kept.
+        Returns the ids deleted.
+        """
+        if keep_last is None:
+            return []
+        found = self.all()
+        keep = {c.id for c in found[-max(keep_last, 1):]}
+        scored = [c for c in found if _finite(c.metrics.get(metric))]
+        reverse = metric in HIGHER_IS_BETTER
+        scored.sort(key=lambda c: c.metrics[metric], reverse=reverse)
+        keep |= {c.id for c in scored[:keep_best]}
+        doomed = [c.id for c in found if c.id not in keep]
+        for checkpoint_id in doomed:
+            self.delete(checkpoint_id)
+        return doomed
+
+
+def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
+    # safetensors refuses non-contiguous or shared-memory tensors; copies are cheap here.
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """fastai optimizer state -> (tensors for safetensors, JSON record of the rest)."""
+    import torch
+
+    tensors: dict[str, Any] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in enumerate(state["state"]):
+        for name, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    record = {"n_params": len(state["state"]), "scalars": scalars,
+              "hypers": [dict(h) for h in state["hypers"]]}
+    return _contiguous(tensors), record

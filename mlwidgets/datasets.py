@@ -1,0 +1,261 @@
+"""Small datasets that need no network, written out as labelled image folders.
+
+``shapes()`` draws coloured shapes on varied backgrounds; ``digits()`` writes scikit-learn's
+bundled handwritten digits. Each writes one sub-folder per class of PNG files and returns a
+``DataSource`` over it. With ``root=None`` the folder lives in ``cache_dir()`` and is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+if TYPE_CHECKING:
+    from .data import DataSource
+
+MARKER = "dataset.json"
+_FORMAT = 1  # bump when the generated images change, so old caches are not reused
+_STALE_SECONDS = 3600  # a partial folder this old belongs to a run that died
+_LUMA = np.array([0.299, 0.587, 0.114])
+# Background and shape colours come from opposite luminance bands, so the shape always stands out.
+_DARK, _LIGHT = (0.0, 90.0), (165.0, 255.0)
+
+
+def _regular(n: int) -> np.ndarray:
+    angles = np.arange(n) * (2 * math.pi / n)
+    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
+
+def _star(rng: np.random.Generator) -> np.ndarray:
+    radii = np.tile([1.0, rng.uniform(0.4, 0.5)], 5)
+    return _regular(10) * radii[:, None]
+
+
+def _cross(rng: np.random.Generator) -> np.ndarray:
+    w = rng.uniform(0.28, 0.38)  # half the arm width
+    quarter = [(1, -w), (1, w), (w, w)]
+    rot = np.array([[0, -1], [1, 0]])
+    pts = np.concatenate([np.array(quarter) @ np.linalg.matrix_power(rot, k).T for k in range(4)])
+    return pts / math.hypot(1, w)  # unit circumradius like the other outlines
+
+
+# Unit-circumradius outlines; rotation is random, so their starting angle does not matter.
+_OUTLINES: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
+    "circle": lambda rng: _regular(64),
+    "square": lambda rng: _regular(4),
+    "triangle": lambda rng: _regular(3),
+    "star": _star,
+    "hexagon": lambda rng: _regular(6),
+    "cross": _cross,
+}
+SHAPE_CLASSES = tuple(_OUTLINES)
+
+
+def cache_dir() -> Path:
+    """Where datasets go when ``root`` is None: ``$MLWIDGETS_CACHE`` or the XDG cache."""
+    if env := os.environ.get("MLWIDGETS_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "mlwidgets"
+
+
+def shapes(
+    root: str | os.PathLike | None = None,
+    *,
+    images_per_class: int = 120,
+    image_size: int = 64,
+    classes: Sequence[str] = ("circle", "square", "triangle", "star"),
+    seed: int = 0,
+) -> DataSource:
+    """Generated coloured shapes, one class per shape; same arguments give identical files."""
+    from .data import DataSource
+
+    folder = _shapes_folder(
+        root, images_per_class=images_per_class, image_size=image_size, classes=classes, seed=seed
+    )
+    return DataSource.labeled_directories(folder)
+
+
+def digits(root: str | os.PathLike | None = None, *, image_size: int = 32) -> DataSource:
+    """scikit-learn's 1797 handwritten digits (8x8, upscaled), as grayscale folders ``0``..``9``."""
+    from .data import DataSource
+
+    return DataSource.labeled_directories(_digits_folder(root, image_size=image_size))
+
+
+def _shapes_folder(
+    root: str | os.PathLike | None,
+    *,
+    images_per_class: int,
+    image_size: int,
+    classes: Sequence[str],
+    seed: int,
+) -> Path:
+    classes = [classes] if isinstance(classes, str) else list(classes)
+    unknown = [c for c in classes if c not in _OUTLINES]
+    if unknown or not classes or len(set(classes)) != len(classes):
+        raise ValueError(
+            f"classes must be distinct names from {', '.join(SHAPE_CLASSES)}; got {classes}"
+        )
+    if images_per_class < 1 or image_size < 16 or seed < 0:
+        raise ValueError("need images_per_class >= 1, image_size >= 16 and seed >= 0")
+    # Each class has its own random stream, so class order does not change the images.
+    arguments = {"classes": sorted(classes), "image_size": image_size,
+                 "images_per_class": images_per_class, "seed": seed}
+    return _materialize("shapes", arguments, root, lambda folder: _write_shapes(folder, **arguments))
+
+
+def _digits_folder(root: str | os.PathLike | None, *, image_size: int) -> Path:
+    if image_size < 8:
+        raise ValueError(f"image_size must be at least 8 (the digits are 8x8); got {image_size}")
+    return _materialize("digits", {"image_size": image_size}, root,
+                        lambda folder: _write_digits(folder, image_size=image_size))
+
+
+def _write_shapes(
+    folder: Path, *, classes: Sequence[str], image_size: int, images_per_class: int, seed: int
+) -> int:
+    for name in classes:
+        (folder / name).mkdir()
+        for i in range(images_per_class):
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode()), i])
+            _draw_shape(name, image_size, rng).save(folder / name / f"{name}_{i:04d}.png")
+    return len(classes) * images_per_class
+
+
+def _write_digits(folder: Path, *, image_size: int) -> int:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
+
+    bunch = load_digits()
+    for label in range(10):
+        (folder / str(label)).mkdir()
+    for index, (pixels, label) in enumerate(zip(bunch.images, bunch.target)):
+        ink = np.rint(pixels * (255 / 16)).astype(np.uint8)  # values are 0..16
+        image = Image.fromarray(255 - ink).resize((image_size, image_size), Image.Resampling.BILINEAR)
+        image.save(folder / str(label) / f"{index:04d}.png")
+    return len(bunch.images)
+
+
+def _colour(rng: np.random.Generator, band: tuple[float, float]) -> np.ndarray:
+    while True:
+        rgb = rng.uniform(0, 255, 3)
+        if band[0] <= rgb @ _LUMA <= band[1]:
+            return rgb
+
+
+def _background_field(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A field in [0, 1] that mixes two colours: solid, a linear gradient, or smooth noise."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return np.zeros((size, size))
+    if kind == 1:
+        angle = rng.uniform(0, 2 * math.pi)
+        y, x = np.mgrid[0:size, 0:size] / (size - 1)
+        ramp = x * math.cos(angle) + y * math.sin(angle)
+        return (ramp - ramp.min()) / (ramp.max() - ramp.min())
+    coarse = Image.fromarray(rng.random((int(rng.integers(2, 6)),) * 2).astype(np.float32))
+    smooth = np.asarray(coarse.resize((size, size), Image.Resampling.BILINEAR), dtype=float)
+    return 0.7 * smooth + 0.3 * rng.random((size, size))
+
+
+def _draw_shape(name: str, size: int, rng: np.random.Generator) -> Image.Image:
+    shape_band, background_band = (_DARK, _LIGHT) if rng.random() < 0.5 else (_LIGHT, _DARK)
+    first, second = _colour(rng, background_band), _colour(rng, background_band)
+    # Mixing two in-band colours stays in band, because luminance is linear in RGB.
+    background = first + (second - first) * _background_field(rng, size)[..., None]
+    fill = _colour(rng, shape_band)
+
+    pts = _OUTLINES[name](rng) * [rng.uniform(0.85, 1.15), 1.0]  # mild stretch
+    angle = rng.uniform(0, 2 * math.pi)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    pts = pts @ rotation.T * (rng.uniform(0.2, 0.4) * size)  # 40-80% of the image across
+    low, high = pts.min(axis=0), pts.max(axis=0)
+    pts = pts + rng.uniform(-low, size - high)  # anywhere, as long as all of it is inside
+
+    scale = 4  # draw the mask 4x larger and average down, for anti-aliased edges
+    mask = Image.new("L", (size * scale, size * scale))
+    ImageDraw.Draw(mask).polygon([tuple(p) for p in pts * scale], fill=255)
+    alpha = np.asarray(mask.resize((size, size), Image.Resampling.BOX), dtype=float)[..., None]
+    pixels = background * (1 - alpha / 255) + fill * (alpha / 255)
+    pixels += rng.normal(0, rng.uniform(0, 8), pixels.shape)  # sensor-like grain
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    blur = rng.uniform(0, 0.8)
+    return image.filter(ImageFilter.GaussianBlur(blur)) if blur > 0.3 else image
+
+
+def _materialize(
+    name: str, arguments: dict, root: str | os.PathLike | None, write: Callable[[Path], int]
+) -> Path:
+    """The folder holding this dataset, written (atomically) unless already complete there."""
+    marker = {"name": name, "format": _FORMAT, "arguments": arguments}
+    if root is None:
+        digest = hashlib.sha256(json.dumps(marker, sort_keys=True).encode()).hexdigest()[:12]
+        target = cache_dir() / "datasets" / f"{name}-{digest}"
+    else:
+        target = Path(root).expanduser()
+    if _is_complete(target, marker):
+        return target
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        if root is not None:  # never delete a user's files
+            raise FileExistsError(
+                f"{target} already holds files that are not this {name} dataset; "
+                "pass an empty or new folder"
+            )
+        shutil.rmtree(target)  # our own cache entry, damaged: regenerate it
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_partials(target)
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        files = write(partial)
+        # Written last: its presence is what makes a folder a complete dataset. No fsync, since
+        # a dataset is cheap to regenerate and fsyncing thousands of PNGs is slow.
+        (partial / MARKER).write_text(json.dumps({**marker, "files": files}, indent=2) + "\n")
+        _commit(partial, target, marker)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already unless something failed
+    return target
+
+
+def _commit(partial: Path, target: Path, marker: dict) -> None:
+    try:
+        os.replace(partial, target)  # POSIX replaces an empty directory in one step
+    except OSError:
+        if _is_complete(target, marker):
+            return  # another process wrote the same dataset first
+        if not (target.is_dir() and not any(target.iterdir())):
+            raise
+        target.rmdir()  # Windows will not replace a directory, even an empty one
+        os.replace(partial, target)
+
+
+def _is_complete(folder: Path, marker: dict) -> bool:
+    try:
+        recorded = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in marker.items()):
+        return False
+    return recorded.get("files") == sum(1 for _ in folder.glob("*/*.png"))
+
+
+def _sweep_stale_partials(target: Path) -> None:
+    cutoff = time.time() - _STALE_SECONDS
+    for leftover in target.parent.iterdir():
+        if leftover.name.startswith(f".{target.name}.") and leftover.name.endswith(".partial"):
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < cutoff:
+                    shutil.rmtree(leftover)

@@ -1,0 +1,109 @@
+"""Decoding images the same way for training, evaluation and prediction.
+
+Every image becomes 8-bit RGB with its EXIF orientation applied, then is scaled so
+its short side is the model's size and centre-cropped to a square: what Vision's
+default `.centerCrop` option does on the device, so an exported model sees what
+training saw.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+ImageLike = "str | os.PathLike | Image.Image"
+
+
+def is_hidden(path: Path) -> bool:
+    return path.name.startswith((".", "__MACOSX")) or path.name in {"Thumbs.db", "desktop.ini"}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: grayscale, alpha, palette, 16-bit, float, CMYK."""
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _high_depth_to_l(image)
+    elif mode in ("RGBA", "LA", "PA", "P", "La", "RGBa"):
+        # Transparent areas become white, the usual background behind an icon or sticker.
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_l(image: Image.Image) -> Image.Image:
+    array = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        top = 1.0 if array.max(initial=0) <= 1.0 else 255.0
+    elif image.mode.startswith("I;16"):
+        # 16-bit by definition: a dark image must stay dark, not be read as 8-bit.
+        top = 65535.0
+    else:
+        top = 65535.0 if array.max(initial=0) > 255 else 255.0
+    scaled = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def open_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Open and fully decode an image as RGB; errors name the file."""
+    if isinstance(source, Image.Image):
+        return to_rgb(source)
+    path = Path(source)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_rgb(image)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path} cannot be read as an image: {e}") from None
+
+
+def square_resize(image: Image.Image, size: int) -> Image.Image:
+    """Scale the short side to `size`, then centre-crop to size x size."""
+    w, h = image.size
+    scale = size / min(w, h)
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_array(source: str | os.PathLike | Image.Image, size: int) -> np.ndarray:
+    """An image as a (size, size, 3) uint8 array, ready to batch."""
+    return np.array(square_resize(open_image(source), size), dtype=np.uint8)  # writable copy
+
+
+def check_image(path: Path) -> str | None:
+    """Why `path` cannot be used as a training image, or None if it can."""
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return f"not an image file ({path.suffix or 'no extension'})"
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    if size == 0:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if min(image.size) < 1:
+                return "image has no pixels"
+    except Image.DecompressionBombError:
+        return "image too large to decode safely"
+    except (OSError, ValueError, SyntaxError) as e:
+        reason = str(e) or type(e).__name__
+        if "truncated" in reason.lower():
+            return "truncated image (the file ends early)"
+        return f"cannot be decoded ({reason})"
+    return None

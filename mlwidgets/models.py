@@ -1,0 +1,134 @@
+"""The networks: every model is `normalize -> body -> head`.
+
+Normalization is the model's first layer, so training, prediction and the Core ML
+export all apply exactly the same per-channel mean and std to 0..1 RGB input.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .parameters import ARCHITECTURES, ModelParameters
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel, for input in 0..1."""
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def small_cnn() -> tuple[nn.Module, int]:
+    """Four stride-2 conv blocks: fast from scratch on a CPU at 32-96 px."""
+    widths = (3, 32, 64, 128, 256)
+    body = nn.Sequential(*(_conv_block(a, b) for a, b in zip(widths, widths[1:])))
+    return body, widths[-1]
+
+
+def _torchvision_body(architecture: str, pretrained: bool) -> tuple[nn.Module, int]:
+    import torchvision
+
+    builder = getattr(torchvision.models, architecture)
+    weights = torchvision.models.get_model_weights(architecture).DEFAULT if pretrained else None
+    try:
+        net = builder(weights=weights)
+    except OSError as e:  # URLError and friends: no network, no cached file
+        raise PretrainedWeightsUnavailable(architecture, weights, e) from None
+    if architecture.startswith("resnet"):
+        return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
+    return net.features, net.classifier[0].in_features  # mobilenet_v3
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    def __init__(self, architecture: str, weights: object, cause: Exception):
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        url = getattr(weights, "url", "")
+        super().__init__(
+            f"could not download the pretrained {architecture} weights ({cause}). "
+            f"Either copy {os.path.basename(url) or 'the weights file'} (from {url}) into "
+            f"{cache} (set TORCH_HOME to use another cache), or pass "
+            f"weights_file='my-{architecture}.safetensors' with a local file, "
+            "or train with pretrained=False."
+        )
+
+
+def build_model(params: ModelParameters, n_classes: int) -> nn.Sequential:
+    """A fresh network for `params`, with pretrained or file weights in its body if asked."""
+    arch = params.architecture
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    torch.manual_seed(params.seed)  # the same parameters give the same initial weights
+    if arch == "small_cnn":
+        body, n_features = small_cnn()
+    else:
+        body, n_features = _torchvision_body(arch, params.pretrained and not params.weights_file)
+    if params.weights_file:
+        load_body_weights(body, params.weights_file)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_features, n_classes))
+    return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
+
+
+def load_body_weights(body: nn.Module, weights_file: str | os.PathLike) -> None:
+    """Load a safetensors file of body weights (a body's or a whole network's state dict).
+
+    Keys of the network's own classifier (e.g. `fc.*`) are ignored; every body weight
+    must be present, or the error lists what is missing.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(weights_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: weights files must be .safetensors (no pickle is loaded)")
+    loaded = load_file(str(path))
+    own = body.state_dict()
+    # A whole torchvision resnet names its layers conv1, bn1, layer1...; our body is those
+    # same children in order, numbered 0, 1, 2...: map by position when names differ.
+    if not set(own) & set(loaded):
+        loaded = _renumber_like(body, loaded)
+    missing = sorted(set(own) - set(loaded))
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} weights the body needs, e.g. {missing[:3]}")
+    body.load_state_dict({k: loaded[k] for k in own})
+
+
+def _renumber_like(body: nn.Module, loaded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    prefixes = []
+    for key in loaded:
+        head = key.split(".", 1)[0]
+        if head not in prefixes:
+            prefixes.append(head)
+    index = {name: str(i) for i, name in enumerate(prefixes)}
+    prefix = "features." if any(k.startswith("features.") for k in loaded) else None
+    if prefix:  # mobilenet: the body is `features` itself
+        return {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
+    return {index[k.split(".", 1)[0]] + "." + k.split(".", 1)[1]: v for k, v in loaded.items()
+            if "." in k}
+
+
+def model_record(params: ModelParameters, classes: list[str]) -> dict[str, object]:
+    """What a checkpoint stores to rebuild its network without the session around it."""
+    return {
+        "architecture": params.architecture, "classes": list(classes),
+        "image_size": params.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+    }

@@ -1,0 +1,158 @@
+"""Training parameters: plain dataclasses that round-trip through JSON.
+
+They mirror Create ML's `MLImageClassifier.ModelParameters` and
+`ImageAugmentationOptions`, and are stored in each session's `session.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHITECTURES = ("small_cnn", "resnet18", "resnet34", "mobilenet_v3_small")
+# Architectures torchvision can give pretrained ImageNet weights for.
+PRETRAINABLE = ("resnet18", "resnet34", "mobilenet_v3_small")
+VALIDATION_MODES = ("auto", "none", "data_source")
+AUTO_VALIDATION = 0.2  # the fraction of each class "auto" holds out
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Create ML's six augmentations; each is a real random transform of training batches.
+
+    A zero/False value switches that augmentation off.
+    """
+
+    flip: bool = False  # random horizontal flip
+    rotation: float = 0.0  # max rotation in degrees, either way
+    crop: float = 0.0  # max fraction of the side cropped away (random zoom-in), 0..0.5
+    blur: float = 0.0  # max Gaussian blur sigma in pixels
+    exposure: float = 0.0  # max brightness change as a fraction, e.g. 0.3 = x0.7..x1.3
+    noise: float = 0.0  # max std of added Gaussian noise (images are 0..1)
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "crop", "blur", "exposure", "noise"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Augmentation.{name} must be a number >= 0, got {value!r}")
+        if self.crop > 0.5:
+            raise ValueError(f"Augmentation.crop must be at most 0.5, got {self.crop!r}")
+        if self.exposure >= 1:
+            raise ValueError(f"Augmentation.exposure must be below 1, got {self.exposure!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return any(dataclasses.astuple(self))
+
+    @classmethod
+    def all(cls) -> Augmentation:
+        """A moderate setting of all six, a sensible start for small datasets."""
+        return cls(flip=True, rotation=15.0, crop=0.15, blur=1.0, exposure=0.25, noise=0.03)
+
+
+@dataclass(frozen=True)
+class ModelParameters:
+    """What to train and how.
+
+    `validation` is "auto" (stratified 20% split with `seed`), a fraction in (0, 1),
+    "none", or a separate `DataSource` (stored as "data_source"; its items are kept in
+    the session's data.json).
+    """
+
+    architecture: str = "small_cnn"
+    pretrained: bool = False
+    image_size: int = 64
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    max_iterations: int = 10
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    validation: Any = "auto"
+    seed: int = 0
+    weights_file: str | None = None  # local .safetensors body weights, instead of a download
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; "
+                f"choose one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.weights_file is not None:
+            object.__setattr__(self, "weights_file", str(self.weights_file))
+        elif self.pretrained and self.architecture not in PRETRAINABLE:
+            raise ValueError(
+                f"{self.architecture!r} has no pretrained weights; use pretrained=False "
+                f"or one of {', '.join(PRETRAINABLE)}"
+            )
+        _check_int("image_size", self.image_size, low=16)
+        _check_int("batch_size", self.batch_size, low=1)
+        _check_int("max_iterations", self.max_iterations, low=1)
+        if not isinstance(self.learning_rate, (int, float)) or self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if isinstance(self.augmentation, dict):
+            object.__setattr__(self, "augmentation", Augmentation(**self.augmentation))
+        v = self.validation
+        if isinstance(v, float) and not 0 < v < 1:
+            raise ValueError(f"validation fraction must be between 0 and 1, got {v!r}")
+        if isinstance(v, str) and v not in VALIDATION_MODES:
+            raise ValueError(
+                f"validation must be one of {VALIDATION_MODES} or a fraction, got {v!r}"
+            )
+
+    def replace(self, **changes: Any) -> ModelParameters:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not isinstance(self.validation, (str, float)):
+            d["validation"] = "data_source"  # the items themselves live in data.json
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelParameters:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model parameters: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SessionParameters:
+    """How a session reports and checkpoints (Create ML's `MLTrainingSessionParameters`).
+
+    `iterations` is the session's total budget; None means `ModelParameters.max_iterations`.
+    Retention: keep the last `keep_last` checkpoints and the best `keep_best` by `best_metric`;
+    `keep_last=None` keeps everything (the default: nothing is ever deleted by surprise).
+    """
+
+    report_interval: int = 1
+    checkpoint_interval: int = 1
+    iterations: int | None = None
+    keep_last: int | None = None
+    keep_best: int = 0
+    best_metric: str = "valid_loss"
+
+    def __post_init__(self) -> None:
+        _check_int("report_interval", self.report_interval, low=1)
+        _check_int("checkpoint_interval", self.checkpoint_interval, low=1)
+        if self.iterations is not None:
+            _check_int("iterations", self.iterations, low=1)
+        if self.keep_last is not None:
+            _check_int("keep_last", self.keep_last, low=1)
+        _check_int("keep_best", self.keep_best, low=0)
+
+    def replace(self, **changes: Any) -> SessionParameters:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SessionParameters:
+        return cls(**d)

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny generated dataset and one session trained on it.
+
+Training is real (fastai on CPU) but small: 32 px images, a few iterations.
+Tests that change a session work on a copy of the shared one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import mlwidgets as mw
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = mw.ModelParameters(image_size=32, batch_size=16, max_iterations=3, learning_rate=1e-2)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    mw.datasets.shapes(root, images_per_class=16, image_size=32,
+                       classes=("circle", "square", "triangle"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_data_dir: Path) -> mw.DataSource:
+    return mw.DataSource.labeled_directories(tiny_data_dir)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tiny_data: mw.DataSource, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A session directory trained for 3 iterations, a checkpoint each (read-only use)."""
+    directory = tmp_path_factory.mktemp("trained") / "session"
+    session = mw.TrainingSession.create(tiny_data, TINY, directory)
+    job = session.start()
+    assert job.wait(300), "training did not finish in time"
+    assert job.state == "completed", job.error
+    return directory
+
+
+@pytest.fixture
+def trained_copy(trained_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the trained session, for tests that change it."""
+    copy = tmp_path / "session"
+    shutil.copytree(trained_dir, copy)
+    return copy
+
+
+def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python process (a new kernel, as far as the session knows)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
