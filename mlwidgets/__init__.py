@@ -7,6 +7,7 @@ notebook panels live in `mlwidgets.ui`.
 from __future__ import annotations
 
 import logging
+import warnings
 
 from . import datasets
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
@@ -22,6 +23,11 @@ __version__ = "0.1.0"
 # A library stays quiet unless the application configures logging: nothing from the
 # training thread may spill into whatever notebook cell runs next.
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+# Deprecation notices fastai triggers on import with current torch and pandas; not actionable
+# for our users, and they would otherwise print into the cell that starts training.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)
+warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' option is deprecated")
 
 __all__ = [
     "Augmentation", "Checkpoint", "CheckpointError", "CheckpointStore", "ClassifierMetrics",

@@ -7,8 +7,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .trainer import TrainingRun
-
 if TYPE_CHECKING:
     from .classifier import ImageClassifier
     from .session import Progress, TrainingSession
@@ -70,6 +68,9 @@ class Job:
     """One training run in a background thread: `wait`, `cancel`, `state`, `progress`, `result`."""
 
     def __init__(self, session: TrainingSession, total_iterations: int):
+        # Imported here, in the caller's thread, so fastai loads before training starts.
+        from .trainer import TrainingRun
+
         self.session = session
         self.run = TrainingRun(session, total_iterations)
         self.error: BaseException | None = None

@@ -1,0 +1,68 @@
+"""The command line, as a user types it: `python -m mlwidgets ...`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+OPENAI_KEYS = {"object", "id", "created_at", "fine_tuned_model_checkpoint", "step_number",
+               "fine_tuning_job_id", "metrics"}
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "mlwidgets", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_checkpoints_table_and_json_styles(trained_dir):
+    table = cli("checkpoints", "--session", trained_dir)
+    assert table.returncode == 0, table.stderr
+    assert "000" in table.stdout and "best" in table.stdout and "val acc" in table.stdout
+    listed = cli("checkpoints", "--session", trained_dir, "--json", "--style", "openai")
+    objects = json.loads(listed.stdout)
+    assert len(objects) == 3 and all(set(o) == OPENAI_KEYS for o in objects)
+    assert {o["object"] for o in objects} == {"fine_tuning.job.checkpoint"}
+    createml = json.loads(cli("checkpoints", "--session", trained_dir, "--json",
+                              "--style", "createml").stdout)
+    assert createml[0]["url"].startswith("file://") and createml[0]["phase"] == "training"
+
+
+def test_evaluate_and_predict(trained_dir, tiny_data_dir, tiny_data):
+    evaluated = cli("evaluate", "--session", trained_dir, tiny_data_dir, "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert 0 <= report["accuracy"] <= 1 and report["checkpoint"]
+    image = tiny_data.items[0].path
+    predicted = cli("predict", "--session", trained_dir, "--checkpoint", "latest", image,
+                    "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    [row] = json.loads(predicted.stdout)
+    assert row["label"] in tiny_data.classes and row["image"] == str(image)
+    readable = cli("predict", "--session", trained_dir, image)
+    assert str(image) in readable.stdout and "confidence" in readable.stdout
+
+
+def test_train_then_resume_from_the_terminal(tiny_data_dir, tmp_path):
+    session = tmp_path / "cli-session"
+    trained = cli("train", tiny_data_dir, "--session", session, "--image-size", "32",
+                  "--iterations", "2", "--batch-size", "16")
+    assert trained.returncode == 0, trained.stderr
+    assert "iteration   2/2" in trained.stdout and "completed" in trained.stdout
+    resumed = cli("resume", "--session", session, "--iterations", "3")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "iteration   3/3" in resumed.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["checkpoints", "--session", "/no/such/session"], "/no/such/session"),
+    (["train", "/no/such/data", "--session", "/tmp/x"], "/no/such/data"),
+    (["predict", "--session", "{trained}", "--checkpoint", "999999-nothing", "a.png"],
+     "999999-nothing"),
+])
+def test_errors_are_one_clear_line_without_traceback(args, needle, trained_dir):
+    result = cli(*[a.replace("{trained}", str(trained_dir)) for a in args])
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and needle in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
