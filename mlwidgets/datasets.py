@@ -30,18 +30,15 @@ MARKER = "dataset.json"
 _FORMAT = 1  # bump when the generated images change, so old caches are not reused
 _STALE_SECONDS = 3600  # a partial folder this old belongs to a run that died
 _LUMA = np.array([0.299, 0.587, 0.114])
-# Background and shape colours come from opposite luminance bands, so the shape always stands out.
-_DARK, _LIGHT = (0.0, 90.0), (165.0, 255.0)
+# Light shapes on darker backgrounds, luminance bands apart, so the shape always stands out.
+# (Mixing both polarities made a small CNN from scratch need many more epochs.)
+_BACKGROUND_LUMA, _SHAPE_LUMA = (0.0, 90.0), (165.0, 255.0)
+_UP = -math.pi / 2  # image y grows downwards
 
 
-def _regular(n: int) -> np.ndarray:
-    angles = np.arange(n) * (2 * math.pi / n)
+def _regular(n: int, start: float = 0.0) -> np.ndarray:
+    angles = start + np.arange(n) * (2 * math.pi / n)
     return np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _star(rng: np.random.Generator) -> np.ndarray:
-    radii = np.tile([1.0, rng.uniform(0.4, 0.5)], 5)
-    return _regular(10) * radii[:, None]
 
 
 def _cross(rng: np.random.Generator) -> np.ndarray:
@@ -52,12 +49,13 @@ def _cross(rng: np.random.Generator) -> np.ndarray:
     return pts / math.hypot(1, w)  # unit circumradius like the other outlines
 
 
-# Unit-circumradius outlines; rotation is random, so their starting angle does not matter.
+# Upright outlines of unit circumradius. They are tilted only mildly (see _draw_shape) so that
+# a square does not turn into a diamond, and the classes stay learnable from ~100 images each.
 _OUTLINES: dict[str, Callable[[np.random.Generator], np.ndarray]] = {
     "circle": lambda rng: _regular(64),
-    "square": lambda rng: _regular(4),
-    "triangle": lambda rng: _regular(3),
-    "star": _star,
+    "square": lambda rng: _regular(4, math.pi / 4),
+    "triangle": lambda rng: _regular(3, _UP),
+    "star": lambda rng: _regular(10, _UP) * np.tile([1, rng.uniform(0.4, 0.5)], 5)[:, None],
     "hexagon": lambda rng: _regular(6),
     "cross": _cross,
 }
@@ -83,9 +81,8 @@ def shapes(
     """Generated coloured shapes, one class per shape; same arguments give identical files."""
     from .data import DataSource
 
-    folder = _shapes_folder(
-        root, images_per_class=images_per_class, image_size=image_size, classes=classes, seed=seed
-    )
+    folder = _shapes_folder(root, images_per_class=images_per_class, image_size=image_size,
+                            classes=classes, seed=seed)
     return DataSource.labeled_directories(folder)
 
 
@@ -96,38 +93,28 @@ def digits(root: str | os.PathLike | None = None, *, image_size: int = 32) -> Da
     return DataSource.labeled_directories(_digits_folder(root, image_size=image_size))
 
 
-def _shapes_folder(
-    root: str | os.PathLike | None,
-    *,
-    images_per_class: int,
-    image_size: int,
-    classes: Sequence[str],
-    seed: int,
-) -> Path:
-    classes = [classes] if isinstance(classes, str) else list(classes)
-    unknown = [c for c in classes if c not in _OUTLINES]
-    if unknown or not classes or len(set(classes)) != len(classes):
-        raise ValueError(
-            f"classes must be distinct names from {', '.join(SHAPE_CLASSES)}; got {classes}"
-        )
+def _shapes_folder(root: str | os.PathLike | None, *, images_per_class: int, image_size: int,
+                   classes: Sequence[str], seed: int) -> Path:
+    classes = list(classes)
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(_OUTLINES):
+        raise ValueError(f"classes must be distinct names from {', '.join(SHAPE_CLASSES)}; "
+                         f"got {classes}")
     if images_per_class < 1 or image_size < 16 or seed < 0:
         raise ValueError("need images_per_class >= 1, image_size >= 16 and seed >= 0")
     # Each class has its own random stream, so class order does not change the images.
     arguments = {"classes": sorted(classes), "image_size": image_size,
                  "images_per_class": images_per_class, "seed": seed}
-    return _materialize("shapes", arguments, root, lambda folder: _write_shapes(folder, **arguments))
+    return _materialize("shapes", arguments, root, _write_shapes)
 
 
 def _digits_folder(root: str | os.PathLike | None, *, image_size: int) -> Path:
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8 (the digits are 8x8); got {image_size}")
-    return _materialize("digits", {"image_size": image_size}, root,
-                        lambda folder: _write_digits(folder, image_size=image_size))
+    return _materialize("digits", {"image_size": image_size}, root, _write_digits)
 
 
-def _write_shapes(
-    folder: Path, *, classes: Sequence[str], image_size: int, images_per_class: int, seed: int
-) -> int:
+def _write_shapes(folder: Path, *, classes: Sequence[str], image_size: int,
+                  images_per_class: int, seed: int) -> int:
     for name in classes:
         (folder / name).mkdir()
         for i in range(images_per_class):
@@ -144,8 +131,8 @@ def _write_digits(folder: Path, *, image_size: int) -> int:
         (folder / str(label)).mkdir()
     for index, (pixels, label) in enumerate(zip(bunch.images, bunch.target)):
         ink = np.rint(pixels * (255 / 16)).astype(np.uint8)  # values are 0..16
-        image = Image.fromarray(255 - ink).resize((image_size, image_size), Image.Resampling.BILINEAR)
-        image.save(folder / str(label) / f"{index:04d}.png")
+        image = Image.fromarray(255 - ink).resize((image_size,) * 2, Image.Resampling.BILINEAR)
+        image.save(folder / str(label) / f"{index:04d}.png")  # dark ink on white, as sklearn shows
     return len(bunch.images)
 
 
@@ -172,16 +159,15 @@ def _background_field(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _draw_shape(name: str, size: int, rng: np.random.Generator) -> Image.Image:
-    shape_band, background_band = (_DARK, _LIGHT) if rng.random() < 0.5 else (_LIGHT, _DARK)
-    first, second = _colour(rng, background_band), _colour(rng, background_band)
+    first, second = _colour(rng, _BACKGROUND_LUMA), _colour(rng, _BACKGROUND_LUMA)
     # Mixing two in-band colours stays in band, because luminance is linear in RGB.
     background = first + (second - first) * _background_field(rng, size)[..., None]
-    fill = _colour(rng, shape_band)
+    fill = _colour(rng, _SHAPE_LUMA)
 
     pts = _OUTLINES[name](rng) * [rng.uniform(0.85, 1.15), 1.0]  # mild stretch
-    angle = rng.uniform(0, 2 * math.pi)
+    angle = rng.uniform(-math.pi / 9, math.pi / 9)  # tilt up to 20 degrees
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-    pts = pts @ rotation.T * (rng.uniform(0.2, 0.4) * size)  # 40-80% of the image across
+    pts = pts @ rotation.T * (rng.uniform(0.28, 0.42) * size)  # roughly 45-85% of the image
     low, high = pts.min(axis=0), pts.max(axis=0)
     pts = pts + rng.uniform(-low, size - high)  # anywhere, as long as all of it is inside
 
@@ -196,9 +182,8 @@ def _draw_shape(name: str, size: int, rng: np.random.Generator) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(blur)) if blur > 0.3 else image
 
 
-def _materialize(
-    name: str, arguments: dict, root: str | os.PathLike | None, write: Callable[[Path], int]
-) -> Path:
+def _materialize(name: str, arguments: dict, root: str | os.PathLike | None,
+                 write: Callable[..., int]) -> Path:
     """The folder holding this dataset, written (atomically) unless already complete there."""
     marker = {"name": name, "format": _FORMAT, "arguments": arguments}
     if root is None:
@@ -210,17 +195,15 @@ def _materialize(
         return target
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         if root is not None:  # never delete a user's files
-            raise FileExistsError(
-                f"{target} already holds files that are not this {name} dataset; "
-                "pass an empty or new folder"
-            )
+            raise FileExistsError(f"{target} already holds files that are not this {name} "
+                                  "dataset; pass an empty or new folder")
         shutil.rmtree(target)  # our own cache entry, damaged: regenerate it
 
     target.parent.mkdir(parents=True, exist_ok=True)
     _sweep_stale_partials(target)
-    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    partial = Path(tempfile.mkdtemp(".partial", f".{target.name}.", target.parent))
     try:
-        files = write(partial)
+        files = write(partial, **arguments)
         # Written last: its presence is what makes a folder a complete dataset. No fsync, since
         # a dataset is cheap to regenerate and fsyncing thousands of PNGs is slow.
         (partial / MARKER).write_text(json.dumps({**marker, "files": files}, indent=2) + "\n")
@@ -231,15 +214,13 @@ def _materialize(
 
 
 def _commit(partial: Path, target: Path, marker: dict) -> None:
+    with contextlib.suppress(OSError):
+        target.rmdir()  # only if empty: Windows will not replace even an empty directory
     try:
-        os.replace(partial, target)  # POSIX replaces an empty directory in one step
-    except OSError:
-        if _is_complete(target, marker):
-            return  # another process wrote the same dataset first
-        if not (target.is_dir() and not any(target.iterdir())):
-            raise
-        target.rmdir()  # Windows will not replace a directory, even an empty one
         os.replace(partial, target)
+    except OSError:
+        if not _is_complete(target, marker):  # fine if another process wrote it first
+            raise
 
 
 def _is_complete(folder: Path, marker: dict) -> bool:
@@ -247,15 +228,14 @@ def _is_complete(folder: Path, marker: dict) -> bool:
         recorded = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    if not isinstance(recorded, dict) or any(recorded.get(k) != v for k, v in marker.items()):
-        return False
-    return recorded.get("files") == sum(1 for _ in folder.glob("*/*.png"))
+    return (isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in marker.items())
+            and recorded.get("files") == sum(1 for _ in folder.glob("*/*.png")))
 
 
 def _sweep_stale_partials(target: Path) -> None:
     cutoff = time.time() - _STALE_SECONDS
-    for leftover in target.parent.iterdir():
-        if leftover.name.startswith(f".{target.name}.") and leftover.name.endswith(".partial"):
-            with contextlib.suppress(OSError):
-                if leftover.stat().st_mtime < cutoff:
+    for leftover in target.parent.glob(".*.partial"):
+        if leftover.name.startswith(f".{target.name}."):
+            with contextlib.suppress(OSError):  # class folders' mtimes show a run still writing
+                if max(p.stat().st_mtime for p in [leftover, *leftover.iterdir()]) < cutoff:
                     shutil.rmtree(leftover)
