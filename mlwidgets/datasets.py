@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .data import DataSource
 
 MARKER = "dataset.json"
-_FORMAT = 1  # bump when the generated images change, so old caches are not reused
+_FORMAT = 2  # bump when the generated images change, so old caches are not reused
 _STALE_SECONDS = 3600  # a partial folder this old belongs to a run that died
 _LUMA = np.array([0.299, 0.587, 0.114])
 # Light shapes on darker backgrounds, luminance bands apart, so the shape always stands out.
@@ -73,7 +73,7 @@ def cache_dir() -> Path:
 def shapes(
     root: str | os.PathLike | None = None,
     *,
-    images_per_class: int = 120,
+    images_per_class: int = 200,
     image_size: int = 64,
     classes: Sequence[str] = ("circle", "square", "triangle", "star"),
     seed: int = 0,

@@ -44,15 +44,19 @@ def small_cnn() -> tuple[nn.Module, int]:
     return body, widths[-1]
 
 
-def _torchvision_body(architecture: str, pretrained: bool) -> tuple[nn.Module, int]:
+def _torchvision_body(architecture: str, pretrained: bool,
+                      weights_file: str | None) -> tuple[nn.Module, int]:
     import torchvision
 
     builder = getattr(torchvision.models, architecture)
     weights = torchvision.models.get_model_weights(architecture).DEFAULT if pretrained else None
     try:
-        net = builder(weights=weights)
+        net = builder(weights=None if weights_file else weights)
     except OSError as e:  # URLError and friends: no network, no cached file
         raise PretrainedWeightsUnavailable(architecture, weights, e) from None
+    if weights_file:
+        # The file holds the whole torchvision network; its own classifier is not used.
+        load_weights_file(net, weights_file, ignore=("fc.", "classifier."))
     if architecture.startswith("resnet"):
         return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
     return net.features, net.classifier[0].in_features  # mobilenet_v3
@@ -79,19 +83,19 @@ def build_model(params: ModelParameters, n_classes: int) -> nn.Sequential:
     torch.manual_seed(params.seed)  # the same parameters give the same initial weights
     if arch == "small_cnn":
         body, n_features = small_cnn()
+        if params.weights_file:
+            load_weights_file(body, params.weights_file)
     else:
-        body, n_features = _torchvision_body(arch, params.pretrained and not params.weights_file)
-    if params.weights_file:
-        load_body_weights(body, params.weights_file)
+        body, n_features = _torchvision_body(arch, params.pretrained, params.weights_file)
     head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_features, n_classes))
     return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
 
 
-def load_body_weights(body: nn.Module, weights_file: str | os.PathLike) -> None:
-    """Load a safetensors file of body weights (a body's or a whole network's state dict).
+def load_weights_file(net: nn.Module, weights_file: str | os.PathLike,
+                      ignore: tuple[str, ...] = ()) -> None:
+    """Load a safetensors state dict into `net`, skipping keys that start with `ignore`.
 
-    Keys of the network's own classifier (e.g. `fc.*`) are ignored; every body weight
-    must be present, or the error lists what is missing.
+    Every other weight of `net` must be in the file, or the error lists what is missing.
     """
     from safetensors.torch import load_file
 
@@ -101,29 +105,12 @@ def load_body_weights(body: nn.Module, weights_file: str | os.PathLike) -> None:
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: weights files must be .safetensors (no pickle is loaded)")
     loaded = load_file(str(path))
-    own = body.state_dict()
-    # A whole torchvision resnet names its layers conv1, bn1, layer1...; our body is those
-    # same children in order, numbered 0, 1, 2...: map by position when names differ.
-    if not set(own) & set(loaded):
-        loaded = _renumber_like(body, loaded)
-    missing = sorted(set(own) - set(loaded))
+    needed = [k for k in net.state_dict() if not k.startswith(ignore)]
+    missing = [k for k in needed if k not in loaded]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} weights the body needs, e.g. {missing[:3]}")
-    body.load_state_dict({k: loaded[k] for k in own})
-
-
-def _renumber_like(body: nn.Module, loaded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefixes = []
-    for key in loaded:
-        head = key.split(".", 1)[0]
-        if head not in prefixes:
-            prefixes.append(head)
-    index = {name: str(i) for i, name in enumerate(prefixes)}
-    prefix = "features." if any(k.startswith("features.") for k in loaded) else None
-    if prefix:  # mobilenet: the body is `features` itself
-        return {k[len(prefix):]: v for k, v in loaded.items() if k.startswith(prefix)}
-    return {index[k.split(".", 1)[0]] + "." + k.split(".", 1)[1]: v for k, v in loaded.items()
-            if "." in k}
+        raise ValueError(f"{path} lacks {len(missing)} weights the network needs, "
+                         f"e.g. {missing[:3]}")
+    net.load_state_dict({k: loaded[k] for k in needed}, strict=False)
 
 
 def model_record(params: ModelParameters, classes: list[str]) -> dict[str, object]:

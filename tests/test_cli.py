@@ -66,3 +66,22 @@ def test_errors_are_one_clear_line_without_traceback(args, needle, trained_dir):
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and needle in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_during_training_pauses_with_a_checkpoint(tiny_data_dir, tmp_path):
+    import signal
+
+    session = tmp_path / "interrupted"
+    child = subprocess.Popen([sys.executable, "-m", "mlwidgets", "train", str(tiny_data_dir),
+                              "--session", str(session), "--image-size", "32",
+                              "--iterations", "200"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in child.stdout:  # wait for the first committed checkpoint, then press Ctrl-C
+        if "checkpoint" in line:
+            child.send_signal(signal.SIGINT)
+            break
+    out, err = child.communicate(timeout=300)
+    assert child.returncode == 0, err
+    assert "pausing" in out and "Training paused" in out
+    listed = json.loads(cli("checkpoints", "--session", session, "--json").stdout)
+    assert listed and listed[-1]["iteration"] < 200
