@@ -24,6 +24,7 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/export.py
 
 lint: install
 	$(BIN)/ruff check mlwidgets tests benchmarks

@@ -60,5 +60,11 @@ def print_table(headers: list[str], rows: list[list[object]]) -> None:
         print("  ".join(x.rjust(w) for x, w in zip(row, widths)))
 
 
+def print_timings(times: dict[str, list[float]]) -> None:
+    """One row per contender: its median and every run."""
+    print_table(["contender", "median s", "runs (s)"], [
+        [name, median(t), " ".join(f"{x:.2f}" for x in t)] for name, t in times.items()])
+
+
 def print_figures(figures: dict[str, object]) -> None:
     print(json.dumps(figures))

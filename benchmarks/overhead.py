@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import in_thread, interleaved, median, print_figures, print_table  # noqa: E402
+from common import in_thread, interleaved, median, print_figures, print_timings  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
 from mlwidgets.data import make_dataloaders  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> None:
     bare, ours = median(times["bare fastai fit_one_cycle"]), median(times["TrainingSession"])
     print(f"{len(data)} images, {params.architecture} at {params.image_size} px, "
           f"{args.iterations} iterations, median of {args.repeats} interleaved runs\n")
-    print_table(["contender", "median s", "runs (s)"], [
-        [name, median(t), " ".join(f"{x:.2f}" for x in t)] for name, t in times.items()])
+    print_timings(times)
     print(f"\noverhead ratio (session / bare fastai): {ours / bare:.3f}   target <= 1.05")
     print_figures({"overhead_ratio": round(ours / bare, 4), "bare_fastai_s": round(bare, 3),
                    "session_s": round(ours, 3), "iterations": args.iterations,
