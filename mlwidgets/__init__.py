@@ -12,6 +12,7 @@ import warnings
 from . import datasets
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from .classifier import ImageClassifier, Prediction
+from .coreml import ModelMetadata
 from .data import DataSource
 from .job import Job
 from .metrics import ClassifierMetrics
@@ -31,6 +32,7 @@ warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' optio
 
 __all__ = [
     "Augmentation", "Checkpoint", "CheckpointError", "CheckpointStore", "ClassifierMetrics",
-    "DataSource", "ImageClassifier", "Job", "ModelParameters", "Prediction", "Progress",
+    "DataSource", "ImageClassifier", "Job", "ModelMetadata", "ModelParameters", "Prediction",
+    "Progress",
     "SessionParameters", "TrainingSession", "datasets", "__version__",
 ]

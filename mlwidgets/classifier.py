@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from .images import load_array
 from .metrics import ClassifierMetrics
 from .models import build_model
 from .parameters import ModelParameters
+
+if TYPE_CHECKING:
+    from .coreml import ExportResult, ModelMetadata
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,16 @@ class ImageClassifier:
         predicted = [self.classes[int(i)] for i in probs.argmax(axis=1)]
         return ClassifierMetrics.from_predictions(self.classes, data.labels, predicted, probs,
                                                   [str(p) for p in paths])
+
+    def write(self, path: str | os.PathLike, metadata: ModelMetadata | None = None,
+              precision: str = "float32", quantize: str | None = None,
+              overwrite: bool = False) -> ExportResult:
+        """Export to Core ML (`.mlpackage` or `.mlmodel`), as Create ML's `write(to:metadata:)`.
+
+        See `mlwidgets.coreml.export` for the options; a checkpoint's export is recorded in
+        its session's `exports/` directory.
+        """
+        from .coreml.export import export  # coremltools loads only when exporting
+
+        return export(self, path, metadata=metadata, precision=precision, quantize=quantize,
+                      overwrite=overwrite)

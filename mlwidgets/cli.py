@@ -78,6 +78,22 @@ def _parser() -> argparse.ArgumentParser:
     _add_checkpoint_args(pr)
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(run=_predict)
+
+    x = sub.add_parser("export", help="export a checkpoint to Core ML (.mlpackage or .mlmodel)")
+    _add_checkpoint_args(x)
+    x.add_argument("--out", type=Path, required=True,
+                   help="model file: .mlpackage (ML program) or .mlmodel (neural network)")
+    x.add_argument("--precision", choices=("float32", "float16"), default="float32")
+    x.add_argument("--quantize", choices=("int8", "palettize-4", "palettize-6", "palettize-8"),
+                   help="compress the weights (palettize-N needs a .mlpackage)")
+    x.add_argument("--author", default="")
+    x.add_argument("--license", default="")
+    x.add_argument("--description", default="", help="short description (default: the classes)")
+    x.add_argument("--version", default="", help="the model's version string")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    x.add_argument("--verify", action="store_true",
+                   help="check the file against the PyTorch model on the validation images")
+    x.set_defaults(run=_export)
     return p
 
 
@@ -177,6 +193,33 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .classifier import ImageClassifier
+    from .coreml import ModelMetadata
+    from .session import TrainingSession
+
+    session = TrainingSession.restore(args.session)
+    checkpoint = session.checkpoint(args.checkpoint)
+    metadata = ModelMetadata(author=args.author, short_description=args.description,
+                             license=args.license, version=args.version)
+    print(f"Exporting checkpoint {checkpoint.id} to {args.out}…", flush=True)
+    classifier = ImageClassifier.from_checkpoint(checkpoint)
+    result = classifier.write(args.out, metadata, precision=args.precision,
+                              quantize=args.quantize, overwrite=args.overwrite)
+    kind = "ML program" if result.format == "mlprogram" else "neural network"
+    weights = result.precision + (f", {result.quantize}" if result.quantize else "")
+    print(f"Wrote {result.path}")
+    print(f"  size    {result.size_bytes / 1e6:.1f} MB ({result.size_bytes} bytes)")
+    print(f"  format  {kind} ({result.path.suffix}), {weights} weights, "
+          f"{result.seconds:.1f} s")
+    if args.verify:
+        from .coreml.verify import verify
+
+        report = verify(result.path, classifier, verification_images(session))
+        print(f"  verify  {report.summary()}")
+    return 0
+
+
 # -- shared output ------------------------------------------------------------------------
 
 
@@ -204,6 +247,14 @@ def follow(session: Any, job: Any) -> int:
     print(f"Training {job.state} after {session.elapsed:.1f} s; "
           f"{len(session.checkpoints)} checkpoint(s) in {session.directory}")
     return 0
+
+
+def verification_images(session: Any, limit: int = 50) -> list[Path]:
+    """Up to `limit` of the session's validation images (training images if it has none)."""
+    train, valid = session.split
+    items = valid or train
+    step = max(1, len(items) // limit)
+    return [item.path for item in items[::step]][:limit]
 
 
 def print_data_summary(data: Any) -> None:

@@ -6,7 +6,8 @@ import time
 from pathlib import Path
 
 from .classifier import ImageClassifier
-from .cli import follow, print_data_summary, print_table
+from .cli import follow, print_data_summary, print_table, verification_images
+from .coreml.verify import verify
 from .data import DataSource
 from .parameters import ModelParameters
 from .session import TrainingSession
@@ -35,6 +36,9 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
     best = session.best_checkpoint()
     classifier = ImageClassifier.from_checkpoint(best)
     metrics = classifier.evaluation(DataSource(valid, origin="the validation split"))
+    print("Exporting the best checkpoint to Core ML and verifying it…", flush=True)
+    exported = classifier.write(session.directory / "exports" / f"{dataset}.mlpackage")
+    report = verify(exported.path, classifier, verification_images(session))
     print()
     print(metrics.summary())
     print()
@@ -44,6 +48,8 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
         ["best checkpoint", f"{best.id} (iteration {best.iteration}, "
                             f"validation loss {best.metrics['valid_loss']:.4f})"],
         ["validation accuracy", f"{metrics.accuracy:.1%} on {len(valid)} images"],
+        ["Core ML model", f"{exported.path} ({exported.size_bytes / 1e6:.1f} MB)"],
+        ["verified", report.summary()],
         ["session", str(session.directory)],
         ["checkpoints", f"{len(session.checkpoints)} in {session.store.directory}"],
         ["list them", f"mlwidgets checkpoints --session {session.directory}"],

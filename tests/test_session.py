@@ -161,7 +161,7 @@ def test_a_training_failure_is_reported_not_raised_in_the_thread(tiny_data_dir, 
     failed = [e for e in seen if e["type"] == "state" and e["state"] == "failed"]
     assert failed and victim.name in failed[0]["error"]
     with pytest.raises(RuntimeError, match="training failed"):
-        job.result
+        _ = job.result
 
 
 def test_a_session_directory_is_never_reused_by_accident(trained_dir, tiny_data, tmp_path):
