@@ -1,0 +1,31 @@
+"""The benchmarks run and end with their JSON figures (tiny settings: this checks they
+work, not how fast anything is; `make bench` measures)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+def run_benchmark(name, *args):
+    result = subprocess.run([sys.executable, f"benchmarks/{name}", *args], capture_output=True,
+                            text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_prints_its_ratio():
+    table, figures = run_benchmark("overhead.py", "--iterations", "1", "--repeats", "1")
+    assert "overhead ratio" in table and figures["overhead_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_export_benchmark_prints_sizes_and_verification():
+    table, figures = run_benchmark("export.py", "--architecture", "small_cnn",
+                                   "--image-size", "32", "--repeats", "1", "--images", "8")
+    assert "export ratio" in table and figures["export_ratio"] > 0
+    assert set(figures["size_ratio"]) == {"float32", "float16", "int8", "palettize-6"}
+    assert figures["verify_top1_agreement"] == 1.0
