@@ -85,3 +85,25 @@ def test_ctrl_c_during_training_pauses_with_a_checkpoint(tiny_data_dir, tmp_path
     assert "pausing" in out and "Training paused" in out
     listed = json.loads(cli("checkpoints", "--session", session, "--json").stdout)
     assert listed and listed[-1]["iteration"] < 200
+
+
+@pytest.mark.slow
+def test_export_with_verify_prints_the_file_and_the_check(trained_dir, tmp_path):
+    out = tmp_path / "My Model ✓.mlpackage"
+    result = cli("export", "--session", trained_dir, "--out", out, "--verify")
+    assert result.returncode == 0, result.stderr
+    assert out.is_dir() and str(out) in result.stdout
+    assert "verify" in result.stdout and "top-1 agreement 100.0%" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_trains_exports_verifies_and_summarises(tmp_path):
+    session = tmp_path / "demo"
+    result = cli("demo", "--session", session, "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+    for line in ("best checkpoint", "validation accuracy", "Core ML model", "verified"):
+        assert line in result.stdout
+    assert (session / "exports" / "shapes.mlpackage").is_dir()
+    listed = json.loads(cli("checkpoints", "--session", session, "--json", "--style",
+                            "openai").stdout)
+    assert [c["object"] for c in listed] == ["fine_tuning.job.checkpoint"] * 2
