@@ -24,12 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .files import fsync_dir, read_json, sha256_bytes, write_bytes_durably
+from .files import fsync_dir, link_or_copy, read_json, sha256_bytes, write_bytes_durably
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "checkpoint.json"
 MODEL_FILE = "model.safetensors"
+# Frozen weights shared by many checkpoints (transfer learning): hard-linked, not copied.
+BODY_FILE = "body.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT = "mlwidgets.checkpoint/1"
 STYLES = ("native", "createml", "openai", "mistral")
@@ -124,12 +126,16 @@ class Checkpoint:
         return load(self.read_verified(name))
 
     def load_model_state(self) -> dict[str, Any]:
+        """The whole network's weights: model.safetensors, plus body.safetensors if any."""
         if not self.has_model:
             raise CheckpointError(
                 f"checkpoint {self.id} ({self.path}) holds no trained classifier "
                 f"(phase {self.phase!r}); choose a checkpoint from a training phase"
             )
-        return self.load_tensors(MODEL_FILE)
+        state = self.load_tensors(MODEL_FILE)
+        if BODY_FILE in self.files:
+            state.update(self.load_tensors(BODY_FILE))
+        return state
 
     def load_optimizer_state(self) -> dict[str, Any] | None:
         """fastai's optimizer state dict (`{'state': [...], 'hypers': [...]}`), or None."""
@@ -284,8 +290,14 @@ class CheckpointStore:
                metrics: dict[str, float | None], model_state: dict[str, Any] | None,
                model: dict[str, Any] | None = None,
                optimizer_state: dict[str, Any] | None = None,
+               linked_files: dict[str, tuple[Path, dict[str, Any]]] | None = None,
                created_at: float | None = None) -> Checkpoint:
-        """Write a checkpoint into a temporary directory, fsync it, then rename it into place."""
+        """Write a checkpoint into a temporary directory, fsync it, then rename it into place.
+
+        `linked_files` maps a file name to (an existing file, its {sha256, size} record):
+        it is hard-linked in (copied where links are impossible), so checkpoints that
+        share frozen weights store them once.
+        """
         from safetensors.torch import save
 
         name = self._unused_name(f"{step_number:06d}-{phase}")
@@ -303,6 +315,9 @@ class CheckpointStore:
             for file_name, data in blobs.items():
                 write_bytes_durably(tmp / file_name, data)
                 files[file_name] = {"sha256": sha256_bytes(data), "size": len(data)}
+            for file_name, (source, file_record) in (linked_files or {}).items():
+                link_or_copy(source, tmp / file_name)
+                files[file_name] = dict(file_record)
             record = {
                 "format": FORMAT, "session_id": self.session_id, "phase": phase,
                 "iteration": iteration, "step_number": step_number,

@@ -14,8 +14,7 @@ from .checkpoints import Checkpoint
 from .data import DataSource
 from .images import load_array
 from .metrics import ClassifierMetrics
-from .models import build_model
-from .parameters import ModelParameters
+from .models import skeleton_for
 
 if TYPE_CHECKING:
     from .coreml import ExportResult, ModelMetadata
@@ -48,9 +47,7 @@ class ImageClassifier:
             checkpoint = Checkpoint.from_directory(checkpoint)
         state = checkpoint.load_model_state()  # refuses checkpoints without a classifier
         record = checkpoint.model
-        params = ModelParameters(architecture=record["architecture"],
-                                 image_size=record["image_size"])
-        model = build_model(params, len(record["classes"]))
+        model = skeleton_for(record)
         model.load_state_dict(state)
         return cls(model, record["classes"], record["image_size"], checkpoint)
 

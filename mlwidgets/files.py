@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,14 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target` (no extra space), copying where links are impossible."""
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or no hard links there
+        shutil.copyfile(source, target)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

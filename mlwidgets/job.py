@@ -67,12 +67,12 @@ class SessionLock:
 class Job:
     """One training run in a background thread: `wait`, `cancel`, `state`, `progress`, `result`."""
 
-    def __init__(self, session: TrainingSession, total_iterations: int):
+    def __init__(self, session: TrainingSession):
         # Imported here, in the caller's thread, so fastai loads before training starts.
         from .trainer import TrainingRun
 
         self.session = session
-        self.run = TrainingRun(session, total_iterations)
+        self.run = TrainingRun(session)
         self.error: BaseException | None = None
         self._state = "running"
         self._done = threading.Event()
@@ -98,7 +98,7 @@ class Job:
     @property
     def model(self) -> Any:
         """The live network being trained (None before the run builds it)."""
-        return self.run.learn.model if self.run.learn is not None else None
+        return self.run.model
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job ends (True) or `timeout` seconds pass (False)."""

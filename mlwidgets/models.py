@@ -75,20 +75,46 @@ class PretrainedWeightsUnavailable(RuntimeError):
         )
 
 
-def build_model(params: ModelParameters, n_classes: int) -> nn.Sequential:
-    """A fresh network for `params`, with pretrained or file weights in its body if asked."""
+def build_model(params: ModelParameters, n_classes: int,
+                with_weights: bool = True) -> nn.Sequential:
+    """A network for `params`: normalize -> body -> head (pool, flatten, classifier layers).
+
+    `with_weights=False` builds the skeleton only (for loading a checkpoint into it).
+    """
     arch = params.architecture
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     torch.manual_seed(params.seed)  # the same parameters give the same initial weights
+    weights_file = params.weights_file if with_weights else None
     if arch == "small_cnn":
         body, n_features = small_cnn()
-        if params.weights_file:
-            load_weights_file(body, params.weights_file)
+        if weights_file:
+            load_weights_file(body, weights_file)
     else:
-        body, n_features = _torchvision_body(arch, params.pretrained, params.weights_file)
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(n_features, n_classes))
+        body, n_features = _torchvision_body(arch, params.pretrained and with_weights,
+                                             weights_file)
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         *classifier_layers(params, n_features, n_classes))
     return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
+
+
+def classifier_layers(params: ModelParameters, n_features: int, n_classes: int) -> list[nn.Module]:
+    """Logistic regression (one linear layer) or an MLP with `params.mlp_layers` hidden units."""
+    sizes = [n_features, *(params.mlp_layers if params.classifier == "mlp" else ()), n_classes]
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes, sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+    return layers[:-1]  # no activation after the last layer: it gives logits
+
+
+def split_features_and_classifier(model: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]:
+    """(image -> pooled features, features -> logits): the two halves of transfer learning.
+
+    They share the model's modules, so training the classifier half trains the model.
+    """
+    head = model.head
+    features = nn.Sequential(model.normalize, model.body, head[0], head[1])
+    return features, nn.Sequential(*head[2:])
 
 
 def load_weights_file(net: nn.Module, weights_file: str | os.PathLike,
@@ -118,4 +144,14 @@ def model_record(params: ModelParameters, classes: list[str]) -> dict[str, objec
     return {
         "architecture": params.architecture, "classes": list(classes),
         "image_size": params.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "classifier": params.classifier, "mlp_layers": list(params.mlp_layers),
     }
+
+
+def skeleton_for(record: dict[str, object]) -> nn.Sequential:
+    """An untrained network shaped as a checkpoint's `model` record describes."""
+    params = ModelParameters(architecture=str(record["architecture"]),
+                             image_size=int(record["image_size"]),  # type: ignore[arg-type]
+                             classifier=str(record.get("classifier", "logistic_regression")),
+                             mlp_layers=tuple(record.get("mlp_layers", (256,))))  # type: ignore[arg-type]
+    return build_model(params, len(record["classes"]), with_weights=False)  # type: ignore[arg-type]

@@ -15,6 +15,10 @@ ARCHITECTURES = ("small_cnn", "resnet18", "resnet34", "mobilenet_v3_small")
 PRETRAINABLE = ("resnet18", "resnet34", "mobilenet_v3_small")
 VALIDATION_MODES = ("auto", "none", "data_source")
 AUTO_VALIDATION = 0.2  # the fraction of each class "auto" holds out
+# transfer_learning: extract features once, train a classifier on them (Create ML's way);
+# fine_tune: train the whole pretrained network on images; from_scratch: no pretrained weights.
+ALGORITHMS = ("transfer_learning", "fine_tune", "from_scratch")
+CLASSIFIERS = ("logistic_regression", "mlp")  # Create ML's ClassifierType
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,12 @@ class ModelParameters:
     augmentation: Augmentation = field(default_factory=Augmentation)
     validation: Any = "auto"
     seed: int = 0
-    weights_file: str | None = None  # local .safetensors body weights, instead of a download
+    weights_file: str | None = None  # local .safetensors weights, instead of a download
+    algorithm: str | None = None  # None: transfer_learning with pretrained weights, else scratch
+    classifier: str = "logistic_regression"
+    mlp_layers: tuple[int, ...] = (256,)  # hidden layer sizes when classifier="mlp"
+    fine_tune_iterations: int = 0  # transfer_learning: then train the whole network this long
+    feature_views: int = 4  # augmented views per training image when extracting features
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -84,6 +93,7 @@ class ModelParameters:
                 f"{self.architecture!r} has no pretrained weights; use pretrained=False "
                 f"or one of {', '.join(PRETRAINABLE)}"
             )
+        self._check_algorithm()
         _check_int("image_size", self.image_size, low=16)
         _check_int("batch_size", self.batch_size, low=1)
         _check_int("max_iterations", self.max_iterations, low=1)
@@ -99,7 +109,41 @@ class ModelParameters:
                 f"validation must be one of {VALIDATION_MODES} or a fraction, got {v!r}"
             )
 
+    def _default_algorithm(self) -> str:
+        has_weights = self.pretrained or self.weights_file is not None
+        return "transfer_learning" if has_weights else "from_scratch"
+
+    def _check_algorithm(self) -> None:
+        has_weights = self.pretrained or self.weights_file is not None
+        if self.algorithm is None:
+            object.__setattr__(self, "algorithm", self._default_algorithm())
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; "
+                             f"choose one of {', '.join(ALGORITHMS)}")
+        if self.algorithm != "from_scratch" and not has_weights:
+            raise ValueError(f"algorithm {self.algorithm!r} starts from pretrained weights: "
+                             "set pretrained=True or weights_file=..., or use 'from_scratch'")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {self.classifier!r}; "
+                             f"choose one of {', '.join(CLASSIFIERS)}")
+        object.__setattr__(self, "mlp_layers", tuple(self.mlp_layers))
+        if not all(isinstance(n, int) and n > 0 for n in self.mlp_layers):
+            raise ValueError(f"mlp_layers must be positive layer sizes, got {self.mlp_layers!r}")
+        _check_int("fine_tune_iterations", self.fine_tune_iterations, low=0)
+        _check_int("feature_views", self.feature_views, low=0)
+
+    @property
+    def phases(self) -> list[str]:
+        """The phases this algorithm goes through, in order (Create ML's MLPhase)."""
+        if self.algorithm == "transfer_learning":
+            tail = ["fine_tuning"] if self.fine_tune_iterations else []
+            return ["extracting_features", "training", *tail]
+        return ["fine_tuning"] if self.algorithm == "fine_tune" else ["training"]
+
     def replace(self, **changes: Any) -> ModelParameters:
+        """A copy with `changes`; a default algorithm follows changed weights."""
+        if "algorithm" not in changes and self.algorithm == self._default_algorithm():
+            changes["algorithm"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -133,6 +133,50 @@ class TrainingSession:
         """The total iteration budget (raise it with `resume(iterations=...)`)."""
         return self.session_parameters.iterations or self.parameters.max_iterations
 
+    def phase_budget(self, phase: str) -> int:
+        """Iterations of `phase`. The main phase's budget is `iterations`."""
+        p = self.parameters
+        if phase == "extracting_features":  # train and validation passes, then the views
+            return 2 + (p.feature_views if p.augmentation.enabled else 0)
+        if phase == "fine_tuning" and p.algorithm == "transfer_learning":
+            return p.fine_tune_iterations
+        return self.iterations
+
+    @property
+    def is_complete(self) -> bool:
+        """True when the last phase has trained all its iterations."""
+        latest = self.latest_checkpoint
+        last = self.parameters.phases[-1]
+        return (latest is not None and latest.phase == last
+                and latest.iteration >= self.phase_budget(last))
+
+    def feature_key(self) -> dict[str, Any]:
+        """What this session's extracted features depend on (see features.py)."""
+        from .features import feature_key
+
+        return feature_key(self.parameters, self._record["data"]["fingerprint"])
+
+    def reuse_extracted_features(self, source: TrainingSession | str | os.PathLike) -> None:
+        """Take `source`'s extracted features instead of extracting them again.
+
+        Create ML's `reuseExtractedFeatures(from:)`: only before this session has any
+        checkpoint, and only features of the same data, backbone, weights, image size and
+        augmented views (anything else would train on the wrong features).
+        """
+        from . import features
+
+        if self.checkpoints:
+            raise ValueError(f"{self.directory} already has checkpoints; features can only be "
+                             "reused before a session starts training")
+        if not isinstance(source, TrainingSession):
+            source = TrainingSession.restore(source)
+        found = features.find(source.directory / features.FEATURES_DIR, self.feature_key())
+        if found is None:
+            raise ValueError(f"{source.directory} has no features extracted from the same "
+                             "data, backbone, weights, image size and augmented views as "
+                             f"{self.directory}")
+        features.copy_into(found, self.directory / features.FEATURES_DIR)
+
     @property
     def events_path(self) -> Path:
         return self.directory / EVENTS_FILE
@@ -197,7 +241,8 @@ class TrainingSession:
         latest = self.latest_checkpoint
         state = self.state
         phase = "done" if state == "completed" else (latest.phase if latest else "initialized")
-        return Progress(state, phase, latest.iteration if latest else 0, self.iterations,
+        total = self.phase_budget(latest.phase if latest else self.parameters.phases[0])
+        return Progress(state, phase, latest.iteration if latest else 0, total,
                         latest.step_number if latest else 0, self.elapsed,
                         dict(latest.metrics) if latest else {})
 
@@ -236,13 +281,12 @@ class TrainingSession:
         """Train in a background thread from the latest checkpoint; returns the Job at once."""
         if self.job is not None and self.job.state == "running":
             raise RuntimeError("this session is already training; pause() or cancel() it first")
-        latest = self.latest_checkpoint
-        if latest is not None and latest.iteration >= self.iterations:
+        if self.is_complete:
             raise ValueError(
                 f"session {self.directory} has already trained all {self.iterations} iterations;"
                 f" call resume(iterations={self.iterations + 5}) to train 5 more")
         end_partial_line(self.events_path)
-        self.job = Job(self, self.iterations)
+        self.job = Job(self)
         self.job.start()
         return self.job
 

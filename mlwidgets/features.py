@@ -1,0 +1,178 @@
+"""Extracted features: the frozen backbone's pooled outputs, computed once.
+
+Create ML trains its classifier on features extracted in one pass over the images
+(its `extractingFeatures` phase); so do we. They are cached in the session directory,
+
+```
+features/<key>/
+    features.safetensors   train_x, train_y, valid_x, valid_y (float32 / int64)
+    body.safetensors       the frozen weights that produced them (normalize + body)
+    features.json          what the key stands for, and each file's sha256 and size
+```
+keyed by data fingerprint, backbone, weights, image size and augmented views, so
+another session on the same data can reuse them (`reuse_extracted_features`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .augment import augment_batch
+from .data import ImageDataset, Item
+from .files import fsync_dir, link_or_copy, read_json, sha256_bytes, write_bytes_durably
+from .models import split_features_and_classifier
+from .parameters import ModelParameters
+
+FEATURES_DIR = "features"
+FEATURES_FILE, BODY_FILE, RECORD_FILE = "features.safetensors", "body.safetensors", "features.json"
+Progress = Callable[[int, int, int], None]  # (pass, images done in it, images in it)
+
+
+@dataclass(frozen=True)
+class ExtractedFeatures:
+    directory: Path
+    tensors: dict[str, torch.Tensor]  # train_x, train_y, valid_x, valid_y
+    record: dict[str, Any]
+
+    @property
+    def body_file(self) -> tuple[Path, dict[str, Any]]:
+        """The frozen weights' file and its {sha256, size} record, to link into checkpoints."""
+        return self.directory / BODY_FILE, self.record["files"][BODY_FILE]
+
+
+def feature_key(params: ModelParameters, fingerprint: str) -> dict[str, Any]:
+    """Everything the features depend on; equal keys mean reusable features."""
+    if params.weights_file:
+        weights = "sha256:" + sha256_bytes(Path(params.weights_file).read_bytes())
+    else:
+        weights = f"torchvision:{params.architecture}:DEFAULT" if params.pretrained else "random"
+    views = params.feature_views if params.augmentation.enabled else 0
+    return {"data": fingerprint, "architecture": params.architecture, "weights": weights,
+            "image_size": params.image_size, "views": views,
+            "augmentation": params.to_dict()["augmentation"] if views else None,
+            "seed": params.seed}
+
+
+def key_name(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def extract(model: torch.nn.Module, train: Sequence[Item], valid: Sequence[Item],
+            classes: Sequence[str], params: ModelParameters, views: int,
+            progress: Progress | None = None,
+            stop: Callable[[], bool] = lambda: False) -> dict[str, torch.Tensor] | None:
+    """Pooled features of every image: one plain pass, then `views` augmented passes over
+    the training images. Returns None if `stop()` turns true in between."""
+    from torch.utils.data import DataLoader
+
+    features, _ = split_features_and_classifier(model)
+    features.eval()
+
+    def in_order(items: Sequence[Item]) -> DataLoader:
+        return DataLoader(ImageDataset(items, classes, params.image_size),
+                          batch_size=params.batch_size * 2, shuffle=False)
+
+    loaders = [("train", in_order(train)), ("valid", in_order(valid))]
+    loaders += [("train", loaders[0][1])] * views
+    out: dict[str, list[torch.Tensor]] = {"train_x": [], "train_y": [], "valid_x": [],
+                                          "valid_y": []}
+    torch.manual_seed(params.seed)  # the augmented views are part of the cache key
+    with torch.no_grad():
+        for n, (split, loader) in enumerate(loaders, start=1):
+            done = 0
+            for x, y in loader:
+                if stop():
+                    return None
+                if n > 2:
+                    x = augment_batch(x, params.augmentation)
+                out[f"{split}_x"].append(features(x))
+                out[f"{split}_y"].append(y)
+                done += len(y)
+                if progress:
+                    progress(n, done, len(loader.dataset))
+    empty = torch.zeros(0, dtype=torch.long)
+    return {k: torch.cat(v) if v else (empty if k.endswith("_y") else torch.zeros(0, 0))
+            for k, v in out.items()}
+
+
+def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
+         body_state: dict[str, torch.Tensor]) -> ExtractedFeatures:
+    """Write features atomically into `directory/<key name>` (temporary dir, then rename)."""
+    from safetensors.torch import save as to_bytes
+
+    target = directory / key_name(key)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        files = {}
+        for name, state in ((FEATURES_FILE, tensors), (BODY_FILE, body_state)):
+            data = to_bytes({k: v.detach().contiguous().clone() for k, v in state.items()})
+            write_bytes_durably(tmp / name, data)
+            files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
+        record = {"key": key, "files": files}
+        write_bytes_durably(tmp / RECORD_FILE, json.dumps(record, indent=2).encode())
+        if target.exists():  # the same features, already there (another run got first)
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, target)
+            fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load(target)
+
+
+def load(path: Path) -> ExtractedFeatures:
+    """Read cached features, checking every file against its recorded sha256."""
+    from safetensors.torch import load as from_bytes
+
+    from .checkpoints import CheckpointError
+
+    record = read_json(path / RECORD_FILE)
+    expected = record["files"][FEATURES_FILE]
+    data = (path / FEATURES_FILE).read_bytes()
+    if len(data) != expected["size"] or sha256_bytes(data) != expected["sha256"]:
+        raise CheckpointError(f"{path / FEATURES_FILE} is corrupted or was modified; "
+                              "delete that folder and its features are extracted again")
+    return ExtractedFeatures(path, from_bytes(data), record)
+
+
+def find(directory: Path, key: dict[str, Any]) -> ExtractedFeatures | None:
+    path = directory / key_name(key)
+    return load(path) if (path / RECORD_FILE).is_file() else None
+
+
+def copy_into(found: ExtractedFeatures, directory: Path) -> None:
+    """Give `directory` the same features (hard links), atomically; a no-op if it has them."""
+    target = directory / found.directory.name
+    if target.exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name in (FEATURES_FILE, BODY_FILE, RECORD_FILE):
+            link_or_copy(found.directory / name, tmp / name)
+        os.rename(tmp, target)
+        fsync_dir(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def body_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The frozen part of the model's state: everything but the classifier layers."""
+    _, classifier = split_features_and_classifier(model)
+    trained = {id(t) for t in classifier.state_dict(keep_vars=True).values()}
+    return {k: v for k, v in model.state_dict(keep_vars=True).items() if id(v) not in trained}

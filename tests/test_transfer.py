@@ -1,0 +1,127 @@
+"""Two-phase transfer learning: extract features once, train a classifier on them,
+optionally fine-tune; checkpoints of every phase behave like any other."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from safetensors.torch import save_file
+
+import mlwidgets as mw
+from mlwidgets import features
+from mlwidgets.checkpoints import CheckpointError
+from mlwidgets.coreml import verify
+from mlwidgets.models import small_cnn
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    """Weights a user would bring: a small_cnn body saved as safetensors."""
+    torch.manual_seed(3)
+    body, _ = small_cnn()
+    path = tmp_path_factory.mktemp("weights") / "backbone.safetensors"
+    save_file(body.state_dict(), str(path))
+    return str(path)
+
+
+def transfer(backbone, **changes):
+    return TINY.replace(weights_file=backbone, **{"max_iterations": 3, **changes})
+
+
+@pytest.fixture(scope="module")
+def transferred(tiny_data, backbone, tmp_path_factory):
+    session = mw.TrainingSession.create(tiny_data, transfer(backbone),
+                                        tmp_path_factory.mktemp("t") / "s")
+    job = session.start()
+    assert job.wait(300) and job.state == "completed", job.error
+    return session
+
+
+def test_weights_make_transfer_learning_the_default(backbone):
+    params = transfer(backbone)
+    assert params.algorithm == "transfer_learning"
+    assert params.phases == ["extracting_features", "training"]
+    with pytest.raises(ValueError, match="pretrained"):
+        mw.ModelParameters(algorithm="transfer_learning")
+
+
+def test_features_are_extracted_once_then_the_classifier_trains(transferred):
+    phases = [(c.phase, c.iteration) for c in transferred.checkpoints]
+    assert phases == [("extracting_features", 2), ("training", 1), ("training", 2),
+                      ("training", 3)]
+    extracting = transferred.checkpoints[0]
+    with pytest.raises(CheckpointError, match="no trained classifier"):
+        mw.ImageClassifier.from_checkpoint(extracting)
+    reports = [e["phase"] for e in transferred.events if e["type"] == "report"]
+    assert reports[0] == "extracting_features" and reports[-1] == "training"
+
+
+def test_a_training_checkpoint_is_a_whole_classifier(transferred, tiny_data):
+    checkpoint = transferred.checkpoints[-1]
+    classifier = mw.ImageClassifier.from_checkpoint(checkpoint)
+    # The restored network = the frozen backbone + the trained head: on the validation
+    # images it gives exactly the head applied to the cached features.
+    cached = features.find(transferred.directory / "features", transferred.feature_key())
+    head = torch.nn.Linear(256, 3)
+    head.load_state_dict({"weight": checkpoint.load_model_state()["head.2.weight"],
+                          "bias": checkpoint.load_model_state()["head.2.bias"]})
+    with torch.no_grad():
+        expected = torch.softmax(head(cached.tensors["valid_x"]), dim=1).numpy()
+    valid = [item.path for item in transferred.split[1]]
+    assert np.abs(classifier.probabilities(valid) - expected).max() < 1e-5
+
+
+def test_the_frozen_backbone_is_stored_once(transferred):
+    training = [c for c in transferred.checkpoints if c.phase == "training"]
+    inodes = {(c.path / "body.safetensors").stat().st_ino for c in training}
+    cached = features.find(transferred.directory / "features", transferred.feature_key())
+    assert inodes == {(cached.directory / "body.safetensors").stat().st_ino}
+    for c in training:
+        c.verify()
+
+
+def test_a_training_checkpoint_exports_and_verifies(transferred, tmp_path):
+    classifier = mw.ImageClassifier.from_checkpoint(transferred.checkpoints[-1])
+    result = classifier.write(tmp_path / "transfer.mlpackage")
+    report = verify(result.path, classifier, [i.path for i in transferred.split[1]])
+    assert report.top1_agreement == 1.0 and report.max_abs_diff <= 1e-4
+
+
+def test_another_session_reuses_the_features(transferred, tiny_data, backbone, tmp_path,
+                                             monkeypatch):
+    session = mw.TrainingSession.create(tiny_data, transfer(backbone), tmp_path / "again")
+    session.reuse_extracted_features(transferred.directory)
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features were extracted again")
+
+    monkeypatch.setattr(features, "extract", no_extraction)
+    job = session.start()
+    assert job.wait(300) and job.state == "completed", job.error
+    assert session.checkpoints[0].phase == "extracting_features"
+    with pytest.raises(ValueError, match="already has checkpoints"):
+        session.reuse_extracted_features(transferred)
+
+
+def test_features_of_other_settings_are_refused(transferred, tiny_data, backbone, tmp_path):
+    other = mw.TrainingSession.create(tiny_data, transfer(backbone, image_size=48),
+                                      tmp_path / "other")
+    with pytest.raises(ValueError, match="no features extracted from the same"):
+        other.reuse_extracted_features(transferred)
+
+
+def test_fine_tuning_continues_the_timeline(tiny_data, backbone, tmp_path):
+    params = transfer(backbone, max_iterations=2, fine_tune_iterations=2,
+                      augmentation=mw.Augmentation(flip=True), feature_views=1)
+    session = mw.TrainingSession.create(tiny_data, params, tmp_path / "ft")
+    job = session.start()
+    assert job.wait(300) and job.state == "completed", job.error
+    phases = [(c.phase, c.iteration) for c in session.checkpoints]
+    assert phases == [("extracting_features", 3), ("training", 1), ("training", 2),
+                      ("fine_tuning", 1), ("fine_tuning", 2)]
+    steps = [c.step_number for c in session.checkpoints]
+    assert steps == sorted(steps)
+    last = session.checkpoints[-1]
+    assert "body.safetensors" not in last.files  # fine-tuning changes the whole network
+    mw.ImageClassifier.from_checkpoint(last).predict(tiny_data.items[0].path)
+    assert session.progress.phase == "done"
