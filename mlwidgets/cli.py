@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .parameters import ARCHITECTURES
+from .parameters import ALGORITHMS, ARCHITECTURES, CLASSIFIERS
 
 EXIT_ERROR = 2
 METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--session", type=Path, required=True)
     t.add_argument("--architecture", choices=ARCHITECTURES, default="small_cnn")
     t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    t.add_argument("--weights-file", help="start from a local .safetensors weights file")
+    t.add_argument("--algorithm", choices=ALGORITHMS,
+                   help="default: transfer_learning with weights, from_scratch without")
+    t.add_argument("--classifier", choices=CLASSIFIERS, default="logistic_regression",
+                   help="what transfer learning trains on the extracted features")
+    t.add_argument("--fine-tune-iterations", type=int, default=0,
+                   help="after transfer learning, train the whole network this long")
     t.add_argument("--image-size", type=int, default=64)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--learning-rate", type=float)
@@ -123,6 +130,8 @@ def _train(args: argparse.Namespace) -> int:
     print_data_summary(data)
     params = ModelParameters(
         architecture=args.architecture, pretrained=args.pretrained, image_size=args.image_size,
+        weights_file=args.weights_file, algorithm=args.algorithm, classifier=args.classifier,
+        fine_tune_iterations=args.fine_tune_iterations,
         batch_size=args.batch_size, max_iterations=args.iterations,
         augmentation=Augmentation.all() if args.augment else Augmentation(),
         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
@@ -226,10 +235,14 @@ def _export(args: argparse.Namespace) -> int:
 def follow(session: Any, job: Any) -> int:
     """Print each report while `job` trains; Ctrl-C pauses with a checkpoint."""
     def show(event: dict[str, Any]) -> None:
-        if event["type"] == "report":
-            metrics = "  ".join(f"{h} {_fmt(event['metrics'].get(k))}" for k, h in METRIC_COLUMNS)
-            print(f"  iteration {event['iteration']:>3}/{event['total_iterations']}  {metrics}"
+        if event["type"] == "report" and event["phase"] == "extracting_features":
+            print(f"  extracted features ({event['iteration']} passes over the images)"
                   f"  [{event['elapsed']:.1f} s]", flush=True)
+        elif event["type"] == "report":
+            metrics = "  ".join(f"{h} {_fmt(event['metrics'].get(k))}" for k, h in METRIC_COLUMNS)
+            phase = "" if event["phase"] == "training" else f"{event['phase']} "
+            print(f"  {phase}iteration {event['iteration']:>3}/{event['total_iterations']}"
+                  f"  {metrics}  [{event['elapsed']:.1f} s]", flush=True)
         elif event["type"] == "checkpoint":
             print(f"    checkpoint {event['id']} committed", flush=True)
 

@@ -125,3 +125,15 @@ def test_fine_tuning_continues_the_timeline(tiny_data, backbone, tmp_path):
     assert "body.safetensors" not in last.files  # fine-tuning changes the whole network
     mw.ImageClassifier.from_checkpoint(last).predict(tiny_data.items[0].path)
     assert session.progress.phase == "done"
+
+
+def test_transfer_learning_from_the_terminal(tiny_data_dir, backbone, tmp_path):
+    from test_cli import cli
+
+    result = cli("train", tiny_data_dir, "--session", tmp_path / "cli", "--image-size", "32",
+                 "--iterations", "2", "--weights-file", backbone, "--classifier", "mlp")
+    assert result.returncode == 0, result.stderr
+    assert "extracted features" in result.stdout and "iteration   2/2" in result.stdout
+    session = mw.TrainingSession.restore(tmp_path / "cli")
+    assert session.parameters.algorithm == "transfer_learning"
+    assert session.parameters.classifier == "mlp"
