@@ -25,6 +25,15 @@ def contents(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
+def backdate(folder: Path) -> dict[str, int]:
+    """Set every file's mtime an hour back, so that any rewrite changes it; return them."""
+    for p in folder.rglob("*"):
+        if p.is_file():
+            st = p.stat()
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - 3_600_000_000_000))
+    return mtimes(folder)
+
+
 def mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
 
@@ -79,8 +88,7 @@ def test_cache_is_used_when_root_is_none_and_reused(
     folder = shapes_folder(None)
     assert folder.parent == tmp_path / "cache" / "datasets"
     assert folder.name.startswith("shapes-")
-    before = mtimes(folder)
-    time.sleep(0.01)  # so that a rewrite would show in the mtimes
+    before = backdate(folder)  # a rewrite now would show as a new mtime
     assert shapes_folder(None) == folder
     assert mtimes(folder) == before
     assert shapes_folder(None, seed=1) != folder  # other arguments, other folder
@@ -97,8 +105,7 @@ def test_explicit_root_is_reused_not_rewritten(tmp_path: Path) -> None:
     root = tmp_path / "mine"
     root.mkdir()  # an existing empty folder is fine
     shapes_folder(root)
-    before = mtimes(root)
-    time.sleep(0.01)
+    before = backdate(root)
     shapes_folder(root)
     assert mtimes(root) == before
 
