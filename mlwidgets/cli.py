@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -294,7 +293,3 @@ def _best_id(session: Any) -> str | None:
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
-
-
-def _now() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")

@@ -17,7 +17,6 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
-ImageLike = "str | os.PathLike | Image.Image"
 
 
 def is_hidden(path: Path) -> bool:

@@ -16,8 +16,6 @@ try:
 except ImportError:  # Windows: no advisory locks; one trainer per session is then on the user
     fcntl = None  # type: ignore[assignment]
 
-FINAL_STATES = ("paused", "completed", "cancelled", "failed")
-
 
 class SessionLock:
     """An advisory lock on `<session>/.lock`, held while a process trains the session.
