@@ -67,6 +67,7 @@ class TrainingSession:
         self.observer_errors: list[str] = []
         self.events: list[dict[str, Any]] = [e for _, e in read_json_lines(self.events_path)]
         self.job: Job | None = None
+        self._feature_key: dict[str, Any] | None = None
 
     # -- making and reopening ---------------------------------------------------------
 
@@ -154,7 +155,9 @@ class TrainingSession:
         """What this session's extracted features depend on (see features.py)."""
         from .features import feature_key
 
-        return feature_key(self.parameters, self._record["data"]["fingerprint"])
+        if self._feature_key is None:  # hashes the weights file: once per session
+            self._feature_key = feature_key(self.parameters, self._record["data"]["fingerprint"])
+        return self._feature_key
 
     def reuse_extracted_features(self, source: TrainingSession | str | os.PathLike) -> None:
         """Take `source`'s extracted features instead of extracting them again.
