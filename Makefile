@@ -25,6 +25,8 @@ test: install
 bench: install
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/image_cache.py
+	$(BIN)/python benchmarks/transfer.py
 
 lint: install
 	$(BIN)/ruff check mlwidgets tests benchmarks

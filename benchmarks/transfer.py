@@ -30,11 +30,11 @@ from mlwidgets.datasets import cache_dir  # noqa: E402
 from mlwidgets.models import Normalize, build_model  # noqa: E402
 
 
-def backbone_weights(image_size: int) -> Path:
+def backbone_weights() -> Path:
     """resnet18 trained for two iterations on the digits; made once, then cached."""
     from safetensors.torch import save_file
 
-    path = cache_dir() / "weights" / f"resnet18-digits-{image_size}.safetensors"
+    path = cache_dir() / "weights" / "resnet18-digits.safetensors"
     if path.exists():
         return path
     params = mw.ModelParameters(architecture="resnet18", image_size=64, max_iterations=2,
@@ -42,7 +42,10 @@ def backbone_weights(image_size: int) -> Path:
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-backbone-"))
     try:
         session = mw.TrainingSession.create(mw.datasets.digits(), params, work / "s")
-        session.start().wait()
+        job = session.start()
+        job.wait()
+        if job.state != "completed":
+            raise RuntimeError(f"training the backbone failed: {job.error}")
         state = session.latest_checkpoint.load_model_state()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -131,7 +134,7 @@ def main() -> None:
 
     data = mw.datasets.shapes(images_per_class=args.images_per_class, image_size=args.image_size,
                               classes=("circle", "square", "triangle"))
-    weights = backbone_weights(args.image_size)
+    weights = backbone_weights()
     params = mw.ModelParameters(architecture="resnet18", image_size=args.image_size,
                                 weights_file=str(weights), max_iterations=args.iterations,
                                 learning_rate=1e-2)

@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,15 +226,40 @@ class ImageDataset:
 
 
 def make_dataloaders(train: Sequence[Item], valid: Sequence[Item], classes: Sequence[str],
-                     image_size: int, batch_size: int, device: Any = "cpu") -> Any:
-    """fastai DataLoaders over the two item lists (shuffled, last partial batch dropped)."""
+                     image_size: int, batch_size: int, device: Any = "cpu",
+                     cache_mb: float | None = None,
+                     progress: Callable[[int, int], object] | None = None) -> Any:
+    """fastai DataLoaders over the two item lists.
+
+    Training batches are shuffled (drawn from torch's global RNG, so `set_seed` before
+    `fit` fixes the order) and the last partial one is dropped when there is more than one;
+    validation is in order, at twice the batch size. Items are (float (3, S, S) in 0..1,
+    int64 class index).
+
+    When both lists' decoded pixels (3 * image_size**2 bytes an image) fit in `cache_mb`
+    MiB, every image is decoded and resized once, in parallel, into RAM, and batches are
+    gathered from there: for small models, epochs up to several times faster, the more so
+    the larger the files are. Otherwise both lists are decoded from disk on every pass.
+    `cache_mb=None` means the default budget, a quarter of physical memory but at most
+    2048 MiB (`image_cache.default_cache_mb()`); `cache_mb=0` turns the cache off.
+    `progress(done, total)` is called while decoding (throttled). A file that cannot be
+    decoded raises ValueError naming it.
+    """
     from fastai.data.core import DataLoaders
-    from fastai.data.load import DataLoader
+
+    from .image_cache import DecodedDataLoader, SeededDataLoader, decode_images, fits_in_cache
 
     bs = min(batch_size, len(train))
+    loader: type[SeededDataLoader]
+    if fits_in_cache(len(train) + len(valid), image_size, cache_mb):
+        decoded = decode_images([*train, *valid], classes, image_size, progress)
+        train_ds, valid_ds = decoded.split(len(train))
+        loader = DecodedDataLoader
+    else:
+        train_ds = ImageDataset(train, classes, image_size)
+        valid_ds = ImageDataset(valid, classes, image_size)
+        loader = SeededDataLoader
     # Workers would compete with the model for 2 cores and fork inside notebook threads.
-    train_dl = DataLoader(ImageDataset(train, classes, image_size), bs=bs, shuffle=True,
-                          drop_last=len(train) > bs, num_workers=0)
-    valid_dl = DataLoader(ImageDataset(valid, classes, image_size), bs=batch_size * 2,
-                          shuffle=False, num_workers=0)
+    train_dl = loader(train_ds, bs=bs, shuffle=True, drop_last=len(train) > bs, num_workers=0)
+    valid_dl = loader(valid_ds, bs=batch_size * 2, shuffle=False, num_workers=0)
     return DataLoaders(train_dl, valid_dl, device=device)

@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .malloc import tune_for_training
+
 if TYPE_CHECKING:
     from .classifier import ImageClassifier
     from .session import Progress, TrainingSession
@@ -128,6 +130,7 @@ class Job:
         state, error = "failed", None
         try:
             lock.acquire()
+            tune_for_training()  # fewer page faults per batch on Linux (see malloc.py)
             self.session.store.open_for_writing()
             self.session.save_record(state="running", pid=os.getpid())
             self.session.emit(self._state_event("running"))

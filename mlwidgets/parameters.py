@@ -173,6 +173,7 @@ class SessionParameters:
     `iterations` is the session's total budget; None means `ModelParameters.max_iterations`.
     Retention: keep the last `keep_last` checkpoints and the best `keep_best` by `best_metric`;
     `keep_last=None` keeps everything (the default: nothing is ever deleted by surprise).
+    `image_cache_mb` bounds the decoded-image cache (see `data.make_dataloaders`).
     """
 
     report_interval: int = 1
@@ -181,6 +182,8 @@ class SessionParameters:
     keep_last: int | None = None
     keep_best: int = 0
     best_metric: str = "valid_loss"
+    # MiB of RAM for decoded images; None: a quarter of memory, at most 2 GiB; 0: stream.
+    image_cache_mb: float | None = None
 
     def __post_init__(self) -> None:
         _check_int("report_interval", self.report_interval, low=1)
@@ -190,6 +193,8 @@ class SessionParameters:
         if self.keep_last is not None:
             _check_int("keep_last", self.keep_last, low=1)
         _check_int("keep_best", self.keep_best, low=0)
+        if self.image_cache_mb is not None and not self.image_cache_mb >= 0:
+            raise ValueError(f"image_cache_mb must be >= 0 or None, got {self.image_cache_mb!r}")
 
     def replace(self, **changes: Any) -> SessionParameters:
         return dataclasses.replace(self, **changes)

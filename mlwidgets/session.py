@@ -76,13 +76,14 @@ class TrainingSession:
                session_dir: str | os.PathLike | None = None, *, report_interval: int = 1,
                checkpoint_interval: int = 1, iterations: int | None = None,
                keep_last: int | None = None, keep_best: int = 0,
-               best_metric: str = "valid_loss") -> TrainingSession:
+               best_metric: str = "valid_loss",
+               image_cache_mb: float | None = None) -> TrainingSession:
         """A new session for `data` in `session_dir` (which must be new or empty)."""
         parameters = parameters or ModelParameters()
         session_parameters = SessionParameters(
             report_interval=report_interval, checkpoint_interval=checkpoint_interval,
             iterations=iterations or parameters.max_iterations, keep_last=keep_last,
-            keep_best=keep_best, best_metric=best_metric)
+            keep_best=keep_best, best_metric=best_metric, image_cache_mb=image_cache_mb)
         directory = _new_session_dir(session_dir)
         train, valid = _split(data, parameters)
         session_id = f"session-{uuid.uuid4().hex[:12]}"
@@ -260,7 +261,8 @@ class TrainingSession:
     def on_event(self, callback: Observer) -> Callable[[], None]:
         """Call `callback(event)` for every event; returns a function that unsubscribes.
 
-        Events are dicts with a "type": "batch" (streamed loss, throttled), "report",
+        Events are dicts with a "type": "batch" (streamed loss, throttled), "progress"
+        (decoding images or extracting features: task, done, total; throttled), "report",
         "checkpoint" or "state". A failing observer is logged and never stops training.
         """
         self._observers.append(callback)

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 BATCH_EVENT_INTERVAL = 0.1  # seconds between streamed batch events, so observers keep up
 
 
+class Stopped(Exception):
+    """Raised inside slow preparation (decoding images) when a stop was requested."""
+
+
 class TrainingRun:
     """Train `session` from its latest checkpoint through the rest of its phases."""
 
@@ -45,7 +49,7 @@ class TrainingRun:
         self.metrics: dict[str, float | None] = dict(latest.metrics) if latest else {}
         self.started = time.monotonic()
         self.elapsed_before = session.elapsed
-        self._last_batch_event = 0.0
+        self._last_event: dict[str, float] = {}
         self._lock = threading.Lock()
         self.learn: Any = None
         self.model: Any = None  # the whole network being trained
@@ -79,7 +83,10 @@ class TrainingRun:
 
         p = self.session.parameters
         on_features = phase == "training" and p.algorithm == "transfer_learning"
-        self.learn = learn = self._feature_learner() if on_features else self._image_learner()
+        try:
+            self.learn = learn = self._feature_learner() if on_features else self._image_learner()
+        except Stopped:
+            return  # nothing trained yet in this run: nothing to commit
         set_seed(p.seed + self.completed_iterations)
         lr: Any = p.learning_rate
         if phase == "fine_tuning":  # fastai's discriminative rates: the body learns slower
@@ -133,8 +140,11 @@ class TrainingRun:
         s, p = self.session, self.session.parameters
         self.model, self._frozen = self._network(), None
         train, valid = s.split
+        # Decoded once into RAM when it fits (see image_cache.py); progress streams meanwhile.
         dls = make_dataloaders(train, valid, s.classes, p.image_size, p.batch_size,
-                               device=default_device())
+                               device=default_device(),
+                               cache_mb=s.session_parameters.image_cache_mb,
+                               progress=self._decoding_progress)
         return self._learner(self.model, dls, [AugmentBatch(p.augmentation)])
 
     def _feature_learner(self) -> Any:
@@ -180,9 +190,15 @@ class TrainingRun:
         self.committed_step = self.step
         s.emit({**self._report("checkpoint"), "id": checkpoint.id})
 
+    def _decoding_progress(self, done: int, total: int) -> None:
+        if self.stop_requested:
+            raise Stopped
+        self._stream("progress", {"task": "decoding images", "done": done, "total": total})
+
     def _extraction_progress(self, n: int, done: int, total: int) -> None:
         self.completed_iterations = n - 1
-        self._stream({"images": done, "of": total, "iteration": n})
+        self._stream("progress", {"task": "extracting features", "iteration": n,
+                                  "done": done, "total": total})
 
     def request_stop(self, reason: str) -> None:
         with self._lock:
@@ -200,13 +216,14 @@ class TrainingRun:
 
     def batch_done(self, loss: float) -> None:
         self.step += 1
-        self._stream({"iteration": self.iteration_in_progress, "loss": loss})
+        self._stream("batch", {"iteration": self.iteration_in_progress, "loss": loss})
 
-    def _stream(self, fields: dict[str, Any]) -> None:
+    def _stream(self, kind: str, fields: dict[str, Any]) -> None:
+        """A throttled, unrecorded event: live loss, or progress of a slow preparation."""
         now = time.monotonic()
-        if now - self._last_batch_event >= BATCH_EVENT_INTERVAL:
-            self._last_batch_event = now
-            self.session.emit({"type": "batch", "phase": self.phase, "step": self.step,
+        if now - self._last_event.get(kind, 0.0) >= BATCH_EVENT_INTERVAL:
+            self._last_event[kind] = now  # each kind its own pace: progress never hides loss
+            self.session.emit({"type": kind, "phase": self.phase, "step": self.step,
                                **fields}, persist=False)
 
     def iteration_done(self, iteration: int, metrics: dict[str, float | None]) -> None:

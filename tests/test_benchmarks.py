@@ -29,3 +29,19 @@ def test_export_benchmark_prints_sizes_and_verification():
     assert "export ratio" in table and figures["export_ratio"] > 0
     assert set(figures["size_ratio"]) == {"float32", "float16", "int8", "palettize-6"}
     assert figures["verify_top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_image_cache_benchmark_prints_its_speedups():
+    table, figures = run_benchmark("image_cache.py", "--iterations", "1", "--repeats", "1",
+                                   "--source-size", "0")
+    assert "cache speedup" in table and figures["cache_speedup"] > 0
+    assert figures["malloc_cache_faults_per_epoch_default"] >= 0
+
+
+@pytest.mark.slow
+def test_transfer_benchmark_prints_both_ratios():
+    table, figures = run_benchmark("transfer.py", "--iterations", "2", "--image-size", "32",
+                                   "--images-per-class", "10")
+    assert "(1)/(2)" in table and "(2)/(3)" in table
+    assert figures["fastai_over_ours"] > 0 and figures["ours_over_floor"] > 0
