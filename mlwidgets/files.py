@@ -25,6 +25,19 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder below a directory (an .mlpackage, say)."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    for root, _, names in os.walk(path, topdown=False):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(Path(root))
+
+
 def write_bytes_durably(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)

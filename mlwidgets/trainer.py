@@ -54,6 +54,7 @@ class TrainingRun:
         self.learn: Any = None
         self.model: Any = None  # the whole network being trained
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
+        self._frozen_keys: set[str] = set()  # the weights that file holds
 
     def budget(self, phase: str) -> int:
         return self.session.phase_budget(phase)
@@ -157,8 +158,9 @@ class TrainingRun:
         if cached is None:
             raise RuntimeError(f"the extracted features of {s.directory} are missing; "
                                "start again from a new session or reuse another's features")
-        self.model = self._network(frozen=cached_body(cached))
-        self._frozen = cached.body_file
+        frozen = cached_body(cached)
+        self.model = self._network(frozen=frozen)
+        self._frozen, self._frozen_keys = cached.body_file, set(frozen)
         _, classifier = split_features_and_classifier(self.model)
         t = cached.tensors
         train = TensorDataset(t["train_x"], t["train_y"])
@@ -237,8 +239,7 @@ class TrainingRun:
         state = self.model.state_dict()
         linked = None
         if self._frozen is not None:  # store only what trains; link the frozen body
-            frozen_keys = set(cached_body_keys(self._frozen[0]))
-            state = {k: v for k, v in state.items() if k not in frozen_keys}
+            state = {k: v for k, v in state.items() if k not in self._frozen_keys}
             linked = {BODY_FILE: self._frozen}
         checkpoint = s.store.commit(
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
@@ -272,13 +273,6 @@ def cached_body(cached: feats.ExtractedFeatures) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(cached.body_file[0]))
-
-
-def cached_body_keys(path: Any) -> list[str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return list(f.keys())
 
 
 def _body_and_head(model: Any) -> list[list[Any]]:

@@ -273,7 +273,7 @@ def test_failed_write_leaves_no_temporary_files(monkeypatch, tmp_path):
     def fail(path):
         raise OSError(f"disk full while writing {path}")
 
-    monkeypatch.setattr(export_module, "_fsync_tree", fail)
+    monkeypatch.setattr(export_module, "fsync_tree", fail)
     with pytest.raises(OSError, match="disk full"):
         fresh().write(tmp_path / "model.mlpackage")
     assert list(tmp_path.iterdir()) == []

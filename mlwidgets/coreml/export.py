@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import fsync_dir
+from ..files import fsync_dir, fsync_tree
 from . import metadata as md
 from .metadata import ModelMetadata
 
@@ -252,7 +252,7 @@ def _save_atomically(model: Any, path: Path, overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed conversion leaves none
     try:
         model.save(str(tmp))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         if not _exists(path):
             os.rename(tmp, path)
         elif not overwrite:  # it appeared while converting
@@ -275,18 +275,6 @@ def _save_atomically(model: Any, path: Path, overwrite: bool) -> None:
 
 def _already_exists(path: Path) -> FileExistsError:
     return FileExistsError(f"{path} already exists; replace it with overwrite=True (--overwrite)")
-
-
-def _fsync_tree(path: Path) -> None:
-    if path.is_file():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
-        return
-    for root, _, files in os.walk(path, topdown=False):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(Path(root))
 
 
 def _exists(path: Path) -> bool:
