@@ -34,6 +34,9 @@ _LUMA = np.array([0.299, 0.587, 0.114])
 # (Mixing both polarities made a small CNN from scratch need many more epochs.)
 _BACKGROUND_LUMA, _SHAPE_LUMA = (0.0, 90.0), (165.0, 255.0)
 _UP = -math.pi / 2  # image y grows downwards
+# Files are larger than the demo's training size (64 px), as users' photos are: decoding and
+# resizing them is real work, which the decoded-image cache then does only once.
+SHAPES_FILE_SIZE = 256
 
 
 def _regular(n: int, start: float = 0.0) -> np.ndarray:
@@ -74,11 +77,14 @@ def shapes(
     root: str | os.PathLike | None = None,
     *,
     images_per_class: int = 200,
-    image_size: int = 64,
+    image_size: int = SHAPES_FILE_SIZE,
     classes: Sequence[str] = ("circle", "square", "triangle", "star"),
     seed: int = 0,
 ) -> DataSource:
-    """Generated coloured shapes, one class per shape; same arguments give identical files."""
+    """Generated coloured shapes, one class per shape, as `image_size` px PNG files.
+
+    The same arguments give identical files.
+    """
     from .data import DataSource
 
     folder = _shapes_folder(root, images_per_class=images_per_class, image_size=image_size,

@@ -34,7 +34,7 @@ def test_export_benchmark_prints_sizes_and_verification():
 @pytest.mark.slow
 def test_image_cache_benchmark_prints_its_speedups():
     table, figures = run_benchmark("image_cache.py", "--iterations", "1", "--repeats", "1",
-                                   "--source-size", "0")
+                                   "--small-size", "0")
     assert "cache speedup" in table and figures["cache_speedup"] > 0
     assert figures["malloc_cache_faults_per_epoch_default"] >= 0
 
@@ -42,6 +42,8 @@ def test_image_cache_benchmark_prints_its_speedups():
 @pytest.mark.slow
 def test_transfer_benchmark_prints_both_ratios():
     table, figures = run_benchmark("transfer.py", "--iterations", "2", "--image-size", "32",
-                                   "--images-per-class", "10")
-    assert "(1)/(2)" in table and "(2)/(3)" in table
+                                   "--images-per-class", "10", "--demo-iterations", "1",
+                                   "--demo-repeats", "1")
+    assert "(1)/(2)" in table and "(2)/(3)" in table and "decoded-image cache" in table
+    assert figures["demo"]["cache_epoch_speedup"] > 0
     assert figures["fastai_over_ours"] > 0 and figures["ours_over_floor"] > 0
