@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +26,13 @@ import torch
 
 from .augment import augment_batch
 from .data import ImageDataset, Item
-from .files import fsync_dir, link_or_copy, read_json, sha256_bytes, write_bytes_durably
+from .files import (
+    directory_committed_as,
+    link_or_copy,
+    read_json,
+    sha256_bytes,
+    write_bytes_durably,
+)
 from .models import split_features_and_classifier
 from .parameters import ModelParameters
 
@@ -111,10 +114,7 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
     from safetensors.torch import save as to_bytes
 
     target = directory / key_name(key)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with directory_committed_as(target) as tmp:  # kept as is if another run got there first
         files = {}
         for name, state in ((FEATURES_FILE, tensors), (BODY_FILE, body_state)):
             data = to_bytes({k: v.detach().contiguous().clone() for k, v in state.items()})
@@ -122,14 +122,6 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
             files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         record = {"key": key, "files": files}
         write_bytes_durably(tmp / RECORD_FILE, json.dumps(record, indent=2).encode())
-        if target.exists():  # the same features, already there (another run got first)
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, target)
-            fsync_dir(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load(target)
 
 
@@ -158,17 +150,9 @@ def copy_into(found: ExtractedFeatures, directory: Path) -> None:
     target = directory / found.directory.name
     if target.exists():
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with directory_committed_as(target) as tmp:
         for name in (FEATURES_FILE, BODY_FILE, RECORD_FILE):
             link_or_copy(found.directory / name, tmp / name)
-        os.rename(tmp, target)
-        fsync_dir(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def body_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

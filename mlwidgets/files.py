@@ -12,6 +12,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,28 @@ def link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:  # another file system, or no hard links there
         shutil.copyfile(source, target)
+
+
+@contextmanager
+def directory_committed_as(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `target` to fill; then fsync it and rename it to `target`.
+
+    On an error the temporary directory is removed. If `target` appeared meanwhile (another
+    run wrote the same content first) it is kept and the temporary one removed.
+    """
+    tmp = target.with_name(f".tmp-{target.name}-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        fsync_dir(tmp)
+        if target.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, target)
+            fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -137,3 +137,31 @@ def test_transfer_learning_from_the_terminal(tiny_data_dir, backbone, tmp_path):
     session = mw.TrainingSession.restore(tmp_path / "cli")
     assert session.parameters.algorithm == "transfer_learning"
     assert session.parameters.classifier == "mlp"
+
+
+def test_pausing_while_the_classifier_trains_resumes_from_the_features(tiny_data, backbone,
+                                                                       tmp_path):
+    session = mw.TrainingSession.create(tiny_data, transfer(backbone, max_iterations=5),
+                                        tmp_path / "p")
+
+    def pause_after_first_training_checkpoint(event):
+        if event["type"] == "checkpoint" and event["phase"] == "training":
+            session.pause(wait=False)  # from the training thread: stops at the next batch
+
+    unsubscribe = session.on_event(pause_after_first_training_checkpoint)
+    job = session.start()
+    assert job.wait(300) and job.state == "paused", job.error
+    unsubscribe()
+    paused_at = session.latest_checkpoint
+    assert paused_at.phase == "training" and paused_at.iteration < 5
+
+    restored = mw.TrainingSession.restore(session.directory)
+    job = restored.resume()
+    assert job.wait(300) and job.state == "completed", job.error
+    resumed = [e for e in restored.events if e["time"] > paused_at.created_at]
+    assert {e["phase"] for e in resumed if e["type"] in ("report", "checkpoint")} == {"training"}
+    phases = [(c.phase, c.iteration) for c in restored.checkpoints]
+    assert phases[0][0] == "extracting_features" and phases[-1] == ("training", 5)
+    steps = [c.step_number for c in restored.checkpoints]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    mw.ImageClassifier.from_checkpoint(restored.checkpoints[-1]).predict(tiny_data.items[0].path)
