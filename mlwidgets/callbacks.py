@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from fastai.callback.core import Callback, CancelFitException
 
 from .augment import augment_batch
@@ -41,6 +42,7 @@ class RelayMetrics(Callback):
 
     def before_validate(self) -> None:
         self.valid_totals = _Totals()
+        self.valid_counts: torch.Tensor | None = None  # confusion counts, flattened
 
     def after_batch(self) -> None:
         y = self.yb[0]
@@ -50,10 +52,13 @@ class RelayMetrics(Callback):
             self.sink.batch_done(loss)
         else:
             self.valid_totals.add(loss, correct, len(y))
+            n = self.n_classes = self.pred.shape[1]
+            counts = torch.bincount(y * n + self.pred.argmax(dim=1), minlength=n * n)
+            self.valid_counts = counts if self.valid_counts is None else self.valid_counts + counts
 
     def after_epoch(self) -> None:
         if self.in_iteration:
-            self.sink.iteration_done(self.epoch + 1, self.metrics())
+            self.sink.iteration_done(self.epoch + 1, self.metrics(), self.confusion())
         self.train_totals = None
 
     @property
@@ -61,6 +66,13 @@ class RelayMetrics(Callback):
         """True between the first training batch of an iteration and its end."""
         totals = getattr(self, "train_totals", None)
         return totals is not None and totals.count > 0
+
+    def confusion(self) -> list[list[int]] | None:
+        """The validation confusion matrix (rows: true class, columns: predicted)."""
+        counts = getattr(self, "valid_counts", None)
+        if counts is None:
+            return None
+        return counts.view(self.n_classes, self.n_classes).tolist()
 
     def metrics(self) -> dict[str, float | None]:
         """train_* over the iteration's batches; valid_* over the whole validation set."""

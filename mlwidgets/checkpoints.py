@@ -24,7 +24,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .files import fsync_dir, link_or_copy, read_json, sha256_bytes, write_bytes_durably
+from .files import (
+    directory_committed_as,
+    fsync_dir,
+    link_or_copy,
+    read_json,
+    sha256_bytes,
+    write_bytes_durably,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +66,9 @@ class Checkpoint:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)  # architecture, classes, image size...
     optimizer: dict[str, Any] = field(default_factory=dict)  # hyper-parameters, scalar state
+    # Validation confusion matrix (rows: true class, columns: predicted), so a viewer can show
+    # it for any checkpoint without loading weights; None where nothing was validated.
+    confusion: list[list[int]] | None = None
 
     @property
     def date(self) -> datetime:
@@ -93,7 +103,7 @@ class Checkpoint:
                 iteration=int(r["iteration"]), step_number=int(r["step_number"]),
                 created_at=float(r["created_at"]), metrics=dict(r["metrics"]), path=path,
                 files=dict(r["files"]), model=dict(r.get("model", {})),
-                optimizer=dict(r.get("optimizer", {})),
+                optimizer=dict(r.get("optimizer", {})), confusion=r.get("confusion"),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{record_path} is not a valid checkpoint record: {e}") from None
@@ -160,7 +170,8 @@ class Checkpoint:
                 "id": self.id, "session_id": self.session_id, "phase": self.phase,
                 "iteration": self.iteration, "step_number": self.step_number,
                 "created_at": self.created_at, "date": self.date.isoformat(), "url": self.url,
-                "metrics": dict(m), "model": dict(self.model), "files": dict(self.files),
+                "metrics": dict(m), "confusion": self.confusion, "model": dict(self.model),
+                "files": dict(self.files),
             }
         if style == "createml":
             return {
@@ -291,7 +302,8 @@ class CheckpointStore:
                model: dict[str, Any] | None = None,
                optimizer_state: dict[str, Any] | None = None,
                linked_files: dict[str, tuple[Path, dict[str, Any]]] | None = None,
-               created_at: float | None = None) -> Checkpoint:
+               created_at: float | None = None,
+               confusion: list[list[int]] | None = None) -> Checkpoint:
         """Write a checkpoint into a temporary directory, fsync it, then rename it into place.
 
         `linked_files` maps a file name to (an existing file, its {sha256, size} record):
@@ -301,9 +313,7 @@ class CheckpointStore:
         from safetensors.torch import save
 
         name = self._unused_name(f"{step_number:06d}-{phase}")
-        tmp = self.directory / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with directory_committed_as(self.directory / name) as tmp:
             files: dict[str, dict[str, Any]] = {}
             optimizer_record: dict[str, Any] = {}
             blobs: dict[str, bytes] = {}
@@ -323,15 +333,9 @@ class CheckpointStore:
                 "iteration": iteration, "step_number": step_number,
                 "created_at": created_at if created_at is not None else time.time(),
                 "metrics": metrics, "model": model or {}, "optimizer": optimizer_record,
-                "files": files,
+                "files": files, "confusion": confusion,
             }
             write_bytes_durably(tmp / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
-            fsync_dir(tmp)
-            os.rename(tmp, self.directory / name)
-            fsync_dir(self.directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         checkpoint = Checkpoint.from_directory(self.directory / name)
         self._cache[name] = checkpoint
         return checkpoint

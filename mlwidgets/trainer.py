@@ -47,6 +47,7 @@ class TrainingRun:
         self.step = latest.step_number if latest else 0
         self.committed_step = self.step if latest else -1
         self.metrics: dict[str, float | None] = dict(latest.metrics) if latest else {}
+        self.confusion: list[list[int]] | None = latest.confusion if latest else None
         self.started = time.monotonic()
         self.elapsed_before = session.elapsed
         self._last_event: dict[str, float] = {}
@@ -228,8 +229,9 @@ class TrainingRun:
             self.session.emit({"type": kind, "phase": self.phase, "step": self.step,
                                **fields}, persist=False)
 
-    def iteration_done(self, iteration: int, metrics: dict[str, float | None]) -> None:
-        self.completed_iterations, self.metrics = iteration, metrics
+    def iteration_done(self, iteration: int, metrics: dict[str, float | None],
+                       confusion: list[list[int]] | None = None) -> None:
+        self.completed_iterations, self.metrics, self.confusion = iteration, metrics, confusion
         interval = self.session.session_parameters.report_interval
         if iteration % interval == 0 or iteration == self.total_iterations:
             self.session.emit(self._report("report"))
@@ -245,6 +247,7 @@ class TrainingRun:
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
             metrics=self.metrics, model_state=state, model=model_record(s.parameters, s.classes),
             optimizer_state=self.learn.opt.state_dict(), linked_files=linked,
+            confusion=self.confusion,
         )
         self.committed_step = self.step
         sp = s.session_parameters
@@ -260,7 +263,7 @@ class TrainingRun:
             # Stopped inside an iteration: measure the weights as they are now.
             with self.learn.no_bar(), self.learn.no_logging():
                 self.learn.validate()
-            self.metrics = relay.metrics()
+            self.metrics, self.confusion = relay.metrics(), relay.confusion()
         self.commit_checkpoint()
 
     def _report(self, kind: str) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 import json
 import threading
 
+import numpy as np
 import pytest
 from conftest import TINY, run_python
 
@@ -30,6 +31,18 @@ def test_a_finished_session_holds_its_checkpoints_events_and_state(trained_dir):
     record = json.loads((trained_dir / "session.json").read_text())
     assert record["classes"] == ["circle", "square", "triangle"]
     assert record["parameters"]["image_size"] == 32 and record["data"]["fingerprint"]
+
+
+def test_each_checkpoint_carries_its_validation_confusion_matrix(trained_dir):
+    session = mw.TrainingSession.restore(trained_dir)
+    valid = session.split[1]
+    for c in session.checkpoints:
+        matrix = np.array(c.confusion)
+        assert matrix.shape == (3, 3) and matrix.sum() == len(valid)
+        assert np.trace(matrix) / len(valid) == pytest.approx(c.metrics["valid_accuracy"])
+        true_counts = [sum(i.label == k for i in valid) for k in session.classes]
+        assert matrix.sum(axis=1).tolist() == true_counts
+        assert c.to_dict()["confusion"] == c.confusion
 
 
 def test_intervals_decide_reports_and_checkpoints(tiny_data, tmp_path):
