@@ -40,9 +40,14 @@ class SessionFollower:
         self._unsubscribe = session.on_event(self._live.append)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._lock = threading.Lock()  # the polling thread and a caller may poll at once
 
     def poll(self) -> list[Event]:
         """New events since the last poll: recorded ones from the file, plus live ones."""
+        with self._lock:
+            return self._new_events()
+
+    def _new_events(self) -> list[Event]:
         events: list[Event] = []
         live = [self._live.popleft() for _ in range(len(self._live))]
         for event in live:

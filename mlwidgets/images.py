@@ -106,3 +106,16 @@ def check_image(path: Path) -> str | None:
             return "truncated image (the file ends early)"
         return f"cannot be decoded ({reason})"
     return None
+
+
+def thumbnail_png(source: str | os.PathLike | Image.Image | bytes, size: int = 96) -> bytes:
+    """A PNG of the image fitted into size x size (aspect kept), for previews."""
+    import io
+
+    if isinstance(source, bytes):
+        source = Image.open(io.BytesIO(source))
+    image = open_image(source).copy()
+    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()

@@ -1,0 +1,121 @@
+"""Live loss and accuracy charts: they grow from session events, with checkpoint markers.
+
+The whole history is kept; only what is drawn is downsampled, so a long run stays cheap to
+redraw in the browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import ipywidgets as widgets
+
+from .common import COLOURS, figure
+
+MAX_POINTS = 400  # per line drawn; the stored history is never thinned
+_LINES = {  # name: (chart, event metric or None for batch loss, legend, colour, dash)
+    "batch_loss": ("loss", None, "training (batches)", "rgba(31,119,180,0.35)", "solid"),
+    "train_loss": ("loss", "train_loss", "training", COLOURS["train"], "solid"),
+    "valid_loss": ("loss", "valid_loss", "validation", COLOURS["valid"], "solid"),
+    "train_accuracy": ("accuracy", "train_accuracy", "training", COLOURS["train"], "solid"),
+    "valid_accuracy": ("accuracy", "valid_accuracy", "validation", COLOURS["valid"], "solid"),
+}
+
+
+def downsample(xs: list[float], ys: list[float], n: int = MAX_POINTS) -> tuple[list, list]:
+    """At most `n` points: means of equal runs of points, the last point kept exactly."""
+    if len(xs) <= n:
+        return list(xs), list(ys)
+    size = len(xs) / (n - 1)
+    out_x, out_y = [], []
+    for b in range(n - 1):
+        lo, hi = int(b * size), max(int((b + 1) * size), int(b * size) + 1)
+        out_x.append(sum(xs[lo:hi]) / (hi - lo))
+        out_y.append(sum(ys[lo:hi]) / (hi - lo))
+    out_x.append(xs[-1])
+    out_y.append(ys[-1])
+    return out_x, out_y
+
+
+class TrainingCharts(widgets.VBox):
+    """Loss and accuracy (training and validation) against optimizer steps."""
+
+    def __init__(self) -> None:
+        import plotly.graph_objects as go
+
+        self.loss = figure("Loss", 260, xaxis={"title": "step"})
+        self.accuracy = figure("Accuracy", 260, xaxis={"title": "step"},
+                               yaxis={"range": [0, 1.02]})
+        self.history: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in _LINES}
+        self.checkpoints: list[dict[str, Any]] = []  # step, iteration, id
+        self._traces: dict[str, Any] = {}
+        for name, (chart, _, legend, colour, dash) in _LINES.items():
+            fig = getattr(self, chart)
+            fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=legend,
+                                     line={"color": colour, "dash": dash, "width": 2}))
+            self._traces[name] = fig.data[-1]
+        for fig in (self.loss, self.accuracy):
+            fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="checkpoint",
+                                     marker={"symbol": "triangle-up", "size": 9,
+                                             "color": COLOURS["checkpoint"]},
+                                     yaxis="y", cliponaxis=False, hoverinfo="text"))
+        self._markers = (self.loss.data[-1], self.accuracy.data[-1])
+        self.redraws = 0
+        super().__init__([self.loss, self.accuracy])
+
+    @property
+    def points(self) -> int:
+        """How many points the history holds (all lines and checkpoints)."""
+        return sum(len(xs) for xs, _ in self.history.values()) + len(self.checkpoints)
+
+    def add_events(self, events: Iterable[dict[str, Any]], redraw: bool = True) -> bool:
+        """Take session events into the history; redraw once if any changed it."""
+        changed = False
+        for e in events:
+            kind = e.get("type")
+            if kind == "batch" and e.get("loss") is not None:
+                self._append("batch_loss", e["step"], e["loss"])
+                changed = True
+            elif kind == "report":
+                for name, (_, metric, *_rest) in _LINES.items():
+                    value = (e.get("metrics") or {}).get(metric) if metric else None
+                    if value is not None:
+                        self._append(name, e["step"], value)
+                        changed = True
+            elif kind == "checkpoint":
+                self.checkpoints.append({"step": e["step"], "iteration": e["iteration"],
+                                         "id": e.get("id", ""), "phase": e.get("phase", "")})
+                changed = True
+        if changed and redraw:
+            self.redraw()
+        return changed
+
+    def _append(self, name: str, step: float, value: float) -> None:
+        xs, ys = self.history[name]
+        if xs and step < xs[-1]:  # a resumed run replays from an earlier checkpoint
+            while xs and xs[-1] > step:
+                xs.pop()
+                ys.pop()
+        xs.append(step)
+        ys.append(value)
+
+    def redraw(self) -> None:
+        """Draw the history (downsampled) in one message per chart."""
+        for fig in (self.loss, self.accuracy):
+            with fig.batch_update():
+                for name, trace in self._traces.items():
+                    if _LINES[name][0] == ("loss" if fig is self.loss else "accuracy"):
+                        trace.x, trace.y = downsample(*self.history[name])
+                marker = self._markers[0 if fig is self.loss else 1]
+                marker.x = [c["step"] for c in self.checkpoints]
+                marker.y = [0] * len(self.checkpoints)
+                marker.hovertext = [f"{c['id']} · it {c['iteration']}" for c in self.checkpoints]
+        self.redraws += 1
+
+    def clear(self) -> None:
+        for xs, ys in self.history.values():
+            xs.clear()
+            ys.clear()
+        self.checkpoints.clear()
+        self.redraw()

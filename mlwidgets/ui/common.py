@@ -1,0 +1,114 @@
+"""What every panel shares: chart styling that reads well in light and dark themes,
+status lines that show errors instead of dying, and small HTML helpers."""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import ipywidgets as widgets
+
+log = logging.getLogger(__name__)
+
+# Transparent backgrounds and mid-grey text and grid read well on JupyterLab's light and
+# dark themes alike (plotly cannot read the theme's CSS variables).
+_GREY = "rgba(128, 128, 128, 0.9)"
+_GRID = "rgba(128, 128, 128, 0.25)"
+COLOURS = {"train": "#1f77b4", "valid": "#ff7f0e", "checkpoint": "#2ca02c", "best": "#d62728"}
+
+
+def chart_layout(title: str = "", height: int = 280, **overrides: Any) -> dict[str, Any]:
+    axis = {"gridcolor": _GRID, "zerolinecolor": _GRID, "linecolor": _GRID}
+    layout: dict[str, Any] = {
+        "title": {"text": title, "font": {"size": 14}},
+        "height": height, "margin": {"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
+        "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
+        "font": {"color": _GREY}, "xaxis": dict(axis), "yaxis": dict(axis),
+        "legend": {"orientation": "h", "y": -0.25},
+    }
+    layout.update(overrides)
+    return layout
+
+
+def figure(title: str = "", height: int = 280, **layout: Any) -> Any:
+    """An empty plotly FigureWidget styled for both themes."""
+    import plotly.graph_objects as go
+
+    return go.FigureWidget(layout=chart_layout(title, height, **layout))
+
+
+_CELL_HOVER = "true %{y}, predicted %{x}: %{z}<extra></extra>"
+
+
+def confusion_heatmap(fig: Any, classes: list[str], matrix: list[list[int]] | None) -> None:
+    """Draw a confusion matrix (rows: true class, columns: predicted) into `fig`."""
+    import plotly.graph_objects as go
+
+    with fig.batch_update():
+        fig.data = []
+        if matrix is not None:
+            fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues",
+                                     text=matrix, texttemplate="%{text}", showscale=False,
+                                     hovertemplate=_CELL_HOVER))
+        fig.layout.xaxis.title = "predicted"
+        fig.layout.yaxis.title = "true"
+        fig.layout.yaxis.autorange = "reversed"
+
+
+def escape(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def message(text: str, kind: str = "info") -> str:
+    """HTML for a status line; kind is info, success or error."""
+    colour = {"info": "var(--jp-ui-font-color2, #666)",
+              "success": "var(--jp-success-color1, #2e7d32)",
+              "error": "var(--jp-error-color1, #c62828)"}[kind]
+    return f'<div style="color:{colour}; white-space:pre-wrap">{escape(text)}</div>'
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A small HTML table that follows the notebook theme."""
+    head = "".join(f"<th style='text-align:left; padding:2px 8px'>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{escape(c)}</td>" for c in row)
+                   + "</tr>" for row in rows)
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{body}</table>"
+
+
+def reports_errors(status_attr: str = "status") -> Callable[[Callable], Callable]:
+    """Make a widget action show its exception in the panel's status line, then re-raise.
+
+    Button callbacks use `clicked(...)` instead, which shows the error and swallows it, so the
+    widget stays alive; code calling the public method still gets the exception.
+    """
+    def wrap(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as e:
+                getattr(self, status_attr).value = message(f"{type(e).__name__}: {e}", "error")
+                raise
+        return run
+    return wrap
+
+
+def clicked(action: Callable[[], Any]) -> Callable[[Any], None]:
+    """An on_click handler that runs `action` (a public method) and never kills the widget."""
+    def handler(_button: Any) -> None:
+        try:
+            action()
+        except Exception:  # already shown by @reports_errors; keep the kernel log complete
+            log.debug("widget action failed", exc_info=True)
+    return handler
+
+
+def button(description: str, action: Callable[[], Any], icon: str = "",
+           style: str = "", tooltip: str = "") -> widgets.Button:
+    b = widgets.Button(description=description, icon=icon, button_style=style,
+                       tooltip=tooltip or description)
+    b.on_click(clicked(action))
+    return b

@@ -1,0 +1,181 @@
+"""The Train tab: parameters, Start / Pause / Resume / Stop / Train N more, a progress
+line, and live charts that follow the session, whoever trains it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..data import DataSource
+from ..follow import SessionFollower
+from ..parameters import ModelParameters
+from ..session import TrainingSession
+from .charts import TrainingCharts
+from .common import button, message, reports_errors
+from .parameters import ParameterForm
+
+Listener = Callable[[list[dict[str, Any]]], None]
+# Which buttons a session state allows (Start is only for a session not made yet).
+_ENABLED = {
+    None: {"start"}, "initialized": {"start"}, "running": {"pause", "stop"},
+    "paused": {"resume", "more"}, "interrupted": {"resume", "more"},
+    "cancelled": {"resume", "more"}, "failed": {"resume", "more"}, "completed": {"more"},
+}
+
+
+class TrainingDashboard(widgets.VBox):
+    """Train a DataSource in a new session, or follow and continue a TrainingSession."""
+
+    def __init__(self, source: DataSource | TrainingSession,
+                 parameters: ModelParameters | None = None,
+                 session_dir: str | Path | None = None, follow_interval: float = 0.5):
+        is_session = isinstance(source, TrainingSession)
+        self.session: TrainingSession | None = source if is_session else None
+        self.data: DataSource | None = None if is_session else source
+        self.session_dir = session_dir
+        self.follow_interval = follow_interval
+        self.follower: SessionFollower | None = None
+        self._listeners: list[Listener] = []
+        self._session_listeners: list[Callable[[TrainingSession], None]] = []
+        self.form = ParameterForm(self.session.parameters if is_session else parameters)
+        self.more = widgets.BoundedIntText(value=5, min=1, max=10_000, layout={"width": "70px"})
+        self.buttons = {
+            "start": button("Start", self.start, "play", "success"),
+            "pause": button("Pause", self.pause, "pause",
+                            tooltip="stop at the next batch and commit a checkpoint"),
+            "resume": button("Resume", self.resume, "play"),
+            "stop": button("Stop", self.stop, "stop", "danger",
+                           tooltip="stop at the next batch; committed checkpoints stay"),
+            "more": button("Train more", lambda: self.train_more(), "plus",
+                           tooltip="raise the iteration budget by this many and continue"),
+        }
+        self.progress_bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0,
+                                                  layout={"width": "100%"})
+        self.progress_text = widgets.HTML()
+        self.status = widgets.HTML()
+        self.charts = TrainingCharts()
+        controls = widgets.HBox([*(self.buttons[k] for k in ("start", "pause", "resume", "stop",
+                                                              "more")), self.more])
+        super().__init__([self.form, controls, self.progress_bar, self.progress_text,
+                          self.status, self.charts])
+        if self.session is not None:
+            self._attach()
+        self._show_state()
+
+    # -- the buttons' actions ----------------------------------------------------------
+
+    @reports_errors()
+    def start(self) -> None:
+        """Make the session from the form's parameters (first time) and start training."""
+        if self.session is None:
+            directory = self.session_dir or Path("sessions") / time.strftime("%Y%m%d-%H%M%S")
+            self.session = TrainingSession.create(self.data, self.form.parameters, directory)
+            self._attach()
+            for listener in self._session_listeners:
+                listener(self.session)
+        self.session.start()
+        self._started()
+
+    @reports_errors()
+    def pause(self) -> None:
+        """Ask training to stop at the next batch with a checkpoint (returns at once)."""
+        self._require_session().pause(wait=False)
+        self.status.value = message("Pausing: committing a checkpoint…")
+
+    @reports_errors()
+    def resume(self) -> None:
+        """Continue from the latest checkpoint."""
+        self._require_session().resume()
+        self._started()
+
+    @reports_errors()
+    def stop(self) -> None:
+        """Stop at the next batch without a new checkpoint (returns at once)."""
+        self._require_session().cancel(wait=False)
+        self.status.value = message("Stopping…")
+
+    @reports_errors()
+    def train_more(self, iterations: int | None = None) -> None:
+        """Raise the iteration budget by `iterations` (the box's value) and continue."""
+        session = self._require_session()
+        n = iterations if iterations is not None else self.more.value
+        done = session.latest_checkpoint.iteration if session.latest_checkpoint else 0
+        session.resume(iterations=max(session.iterations, done) + n)
+        self._started()
+
+    # -- following ------------------------------------------------------------------------
+
+    def on_events(self, listener: Listener) -> None:
+        """Call `listener(events)` with each batch of session events this dashboard shows."""
+        self._listeners.append(listener)
+
+    def on_session(self, listener: Callable[[TrainingSession], None]) -> None:
+        """Call `listener(session)` when Start makes the session."""
+        self._session_listeners.append(listener)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Show the events that arrived since the last poll (the follower calls this)."""
+        if self.follower is None:
+            return []
+        events = self.follower.poll()
+        if events:
+            self._show(events)
+        return events
+
+    def close(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+        super().close()
+
+    def _attach(self) -> None:
+        self.form.set_enabled(False)
+        self.follower = SessionFollower(self.session)
+        self.poll()  # the history so far, drawn once
+        self.follower.start(self._show, self.follow_interval)
+
+    def _show(self, events: list[dict[str, Any]]) -> None:
+        self.charts.add_events(events)
+        failed = [e for e in events if e["type"] == "state" and e.get("error")]
+        if failed:
+            self.status.value = message(f"Training failed: {failed[-1]['error']}", "error")
+        elif any(e["type"] == "state" for e in events):
+            self.status.value = ""
+        preparing = [e for e in events if e["type"] == "progress"]
+        self._show_state(preparing[-1] if preparing and events[-1]["type"] != "state" else None)
+        for listener in list(self._listeners):
+            listener(events)
+
+    def _started(self) -> None:
+        self.status.value = ""
+        self._show_state()
+
+    def _show_state(self, preparing: dict[str, Any] | None = None) -> None:
+        s = self.session
+        state = self.shown_state = s.state if s is not None else None
+        elsewhere = state == "running" and s.job is None
+        allowed = set() if elsewhere else _ENABLED.get(state, set())
+        for name, b in self.buttons.items():
+            b.disabled = name not in allowed
+        self.more.disabled = "more" not in allowed
+        if s is None:
+            self.progress_text.value = message("Set the parameters, then press Start.")
+            return
+        p = s.progress
+        self.progress_bar.value = p.fraction_completed
+        self.progress_bar.bar_style = {"completed": "success", "failed": "danger"}.get(state, "")
+        left = f" · about {p.remaining:.0f} s left" if p.remaining is not None else ""
+        where = " (trained by another process)" if elsewhere else ""
+        if preparing is not None:  # decoding images or extracting features: no iteration yet
+            left = f" · {preparing['task']} {preparing['done']}/{preparing['total']}"
+        self.progress_text.value = message(
+            f"{state}{where} · {p.phase.replace('_', ' ')} · iteration {p.iteration}/"
+            f"{p.total_iterations} · step {p.step} · {p.elapsed:.1f} s{left}")
+
+    def _require_session(self) -> TrainingSession:
+        if self.session is None:
+            raise ValueError("no session yet: press Start to create one")
+        return self.session

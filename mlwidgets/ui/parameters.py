@@ -1,0 +1,71 @@
+"""Controls for what to train: architecture, image size, iterations, learning rate, and
+Create ML's six augmentations. `ParameterForm.parameters` is the ModelParameters they say."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+
+from ..parameters import ARCHITECTURES, PRETRAINABLE, Augmentation, ModelParameters
+
+_WIDE = {"description_width": "120px"}
+# (field, label, max, step): the float augmentations, with the ranges Augmentation accepts.
+_AUGMENT_SLIDERS = (("rotation", "rotation (°)", 45.0, 1.0), ("crop", "crop", 0.5, 0.05),
+                    ("blur", "blur (px)", 3.0, 0.1), ("exposure", "exposure", 0.9, 0.05),
+                    ("noise", "noise", 0.2, 0.01))
+
+
+class ParameterForm(widgets.VBox):
+    """Edit ModelParameters; fields this form does not show keep their values."""
+
+    def __init__(self, parameters: ModelParameters | None = None):
+        self._base = parameters or ModelParameters()
+        p = self._base
+        self.architecture = widgets.Dropdown(options=ARCHITECTURES, value=p.architecture,
+                                             description="architecture", style=_WIDE)
+        self.pretrained = widgets.Checkbox(value=p.pretrained, description="pretrained weights",
+                                           indent=False)
+        self.image_size = widgets.BoundedIntText(value=p.image_size, min=16, max=1024, step=8,
+                                                 description="image size (px)", style=_WIDE)
+        self.iterations = widgets.BoundedIntText(value=p.max_iterations, min=1, max=10_000,
+                                                 description="iterations", style=_WIDE)
+        self.learning_rate = widgets.FloatLogSlider(value=p.learning_rate, base=10, min=-5,
+                                                    max=0, step=0.1, readout_format=".1e",
+                                                    description="learning rate", style=_WIDE)
+        a = p.augmentation
+        self.flip = widgets.Checkbox(value=a.flip, description="flip", indent=False)
+        self.augment = {name: widgets.FloatSlider(value=getattr(a, name), min=0.0, max=top,
+                                                  step=step, description=label, style=_WIDE)
+                        for name, label, top, step in _AUGMENT_SLIDERS}
+        self.architecture.observe(self._architecture_changed, "value")
+        self._architecture_changed()
+        model = widgets.VBox([widgets.HTML("<b>Model</b>"), self.architecture, self.pretrained,
+                              self.image_size, self.iterations, self.learning_rate])
+        augment = widgets.VBox([widgets.HTML("<b>Augmentation</b>"), self.flip,
+                                *self.augment.values()])
+        super().__init__([widgets.HBox([model, augment])])
+
+    def _architecture_changed(self, _change: object = None) -> None:
+        can = self.architecture.value in PRETRAINABLE
+        self.pretrained.disabled = not can
+        if not can:
+            self.pretrained.value = False
+
+    @property
+    def parameters(self) -> ModelParameters:
+        """The parameters the controls show (a ValueError names a bad value)."""
+        augmentation = Augmentation(flip=self.flip.value,
+                                    **{k: round(w.value, 4) for k, w in self.augment.items()})
+        changes = dict(architecture=self.architecture.value, pretrained=self.pretrained.value,
+                       image_size=self.image_size.value, max_iterations=self.iterations.value,
+                       learning_rate=float(f"{self.learning_rate.value:.3g}"),
+                       augmentation=augmentation)
+        if changes["architecture"] != self._base.architecture:
+            changes["weights_file"] = None  # weights belong to the architecture they came from
+        return self._base.replace(**changes)
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Lock the controls once a session exists: its parameters are fixed."""
+        for control in (self.architecture, self.image_size, self.iterations,
+                        self.learning_rate, self.flip, *self.augment.values()):
+            control.disabled = not enabled
+        self.pretrained.disabled = not enabled or self.architecture.value not in PRETRAINABLE

@@ -1,0 +1,126 @@
+"""The Train tab without a browser: its buttons drive the session, the charts grow from
+events (downsampled for display only), and a failure shows in the widget."""
+
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+from conftest import ROOT, TINY
+
+import mlwidgets as mw
+from mlwidgets.ui.charts import MAX_POINTS, TrainingCharts
+from mlwidgets.ui.dashboard import TrainingDashboard
+
+
+def enabled(dashboard):
+    return {name for name, b in dashboard.buttons.items() if not b.disabled}
+
+
+def wait_for_state(dashboard, *states):
+    """Wait until the dashboard has shown one of `states` (via its own follower)."""
+    shown = threading.Event()
+    dashboard.on_events(lambda events: any(e.get("state") in states for e in events)
+                        and shown.set())
+    if dashboard.shown_state in states:
+        return
+    assert shown.wait(300), dashboard.session.state
+
+
+def test_start_makes_a_session_from_the_form_and_the_charts_grow(tiny_data, tmp_path):
+    dashboard = TrainingDashboard(tiny_data, TINY, session_dir=tmp_path / "s",
+                                  follow_interval=0.05)
+    assert enabled(dashboard) == {"start"}
+    dashboard.form.iterations.value = 2
+    dashboard.form.flip.value = True
+    dashboard.buttons["start"].click()
+    session = dashboard.session
+    assert session.directory == tmp_path / "s"
+    assert session.parameters.max_iterations == 2 and session.parameters.augmentation.flip
+    assert dashboard.form.architecture.disabled  # a session's parameters are fixed
+    wait_for_state(dashboard, "completed")
+    dashboard.poll()
+    assert enabled(dashboard) == {"more"}
+    assert "completed" in dashboard.progress_text.value and dashboard.progress_bar.value == 1
+    valid = dashboard.charts.history["valid_loss"]
+    assert valid[1] == [c.metrics["valid_loss"] for c in session.checkpoints]
+    assert list(dashboard.charts._markers[0].x) == [c.step_number for c in session.checkpoints]
+
+    dashboard.more.value = 1
+    dashboard.buttons["more"].click()
+    wait_for_state(dashboard, "completed")
+    assert session.checkpoints[-1].iteration == 3
+    dashboard.close()
+
+
+def test_pause_and_resume_buttons(tiny_data, tmp_path):
+    session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=6), tmp_path / "s")
+    dashboard = TrainingDashboard(session, follow_interval=0.05)
+    first = threading.Event()
+    session.on_event(lambda e: e["type"] == "checkpoint" and first.set())
+    dashboard.buttons["start"].click()
+    assert enabled(dashboard) == {"pause", "stop"}
+    assert first.wait(300)
+    dashboard.buttons["pause"].click()
+    assert session.job.wait(300) and session.state == "paused"
+    wait_for_state(dashboard, "paused")
+    assert enabled(dashboard) == {"resume", "more"}
+    dashboard.buttons["resume"].click()
+    wait_for_state(dashboard, "completed")
+    assert session.checkpoints[-1].iteration == 6
+    dashboard.close()
+
+
+def test_a_training_failure_shows_in_the_widget(tiny_data_dir, tmp_path):
+    data_dir = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data_dir)
+    session = mw.TrainingSession.create(mw.DataSource.labeled_directories(data_dir), TINY,
+                                        tmp_path / "s")
+    shutil.rmtree(data_dir / "circle")  # the data changes after the session was made
+    dashboard = TrainingDashboard(session, follow_interval=0.05)
+    dashboard.start()
+    wait_for_state(dashboard, "failed")
+    dashboard.poll()
+    assert "Training failed" in dashboard.status.value and "circle" in dashboard.status.value
+    assert enabled(dashboard) == {"resume", "more"}  # the widget lives on
+    dashboard.close()
+
+
+def test_a_refused_action_is_shown_in_the_widget_and_raised_to_code(trained_copy):
+    dashboard = TrainingDashboard(mw.TrainingSession.restore(trained_copy))
+    dashboard.buttons["resume"].disabled = False  # as if clicked before the state arrived
+    dashboard.buttons["resume"].click()  # a completed session refuses, with advice
+    assert "train 5 more" in dashboard.status.value
+    with pytest.raises(ValueError, match="already trained"):
+        dashboard.resume()
+    dashboard.close()
+
+
+def test_a_session_trained_elsewhere_is_followed_with_its_buttons_locked(tiny_data, tmp_path):
+    session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=3), tmp_path / "s")
+    running = threading.Event()
+    dashboard = TrainingDashboard(mw.TrainingSession.restore(session.directory),
+                                  follow_interval=0.05)
+    dashboard.on_events(lambda events: any(e.get("state") == "running" for e in events)
+                        and running.set())
+    trainer = subprocess.Popen([sys.executable, "-m", "mlwidgets", "resume", "--session",
+                                str(session.directory)], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    assert running.wait(300)
+    assert enabled(dashboard) == set()
+    assert "another process" in dashboard.progress_text.value
+    wait_for_state(dashboard, "completed")
+    assert trainer.wait(120) == 0
+    assert len(dashboard.charts.history["valid_loss"][0]) == 3
+    assert enabled(dashboard) == {"more"}
+    dashboard.close()
+
+
+def test_long_histories_are_downsampled_for_display_only():
+    charts = TrainingCharts()
+    charts.add_events([{"type": "batch", "step": i, "loss": 1 / (i + 1)} for i in range(5000)])
+    drawn = charts._traces["batch_loss"]
+    assert len(drawn.x) == MAX_POINTS and drawn.x[-1] == 4999 and drawn.y[-1] == 1 / 5000
+    assert len(charts.history["batch_loss"][0]) == 5000
+    assert charts.redraws == 1  # one redraw per batch of events
