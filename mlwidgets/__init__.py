@@ -30,9 +30,21 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning)
 warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' option is deprecated")
 
+
+
+def __getattr__(name: str):
+    # `mw.Studio` and `mw.ui` load ipywidgets and plotly only when a notebook asks for them.
+    if name in ("ui", "Studio"):
+        import importlib
+
+        ui = importlib.import_module(".ui", __name__)
+        return ui if name == "ui" else ui.Studio
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "Augmentation", "Checkpoint", "CheckpointError", "CheckpointStore", "ClassifierMetrics",
     "DataSource", "ImageClassifier", "Job", "ModelMetadata", "ModelParameters", "Prediction",
     "Progress",
-    "SessionParameters", "TrainingSession", "datasets", "__version__",
+    "SessionParameters", "Studio", "TrainingSession", "datasets", "ui", "__version__",
 ]

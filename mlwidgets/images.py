@@ -8,6 +8,7 @@ training saw.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -52,10 +53,18 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled, mode="L")
 
 
-def open_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open and fully decode an image as RGB; errors name the file."""
+def open_image(source: str | os.PathLike | Image.Image | bytes) -> Image.Image:
+    """Open and fully decode an image (a file, a PIL image or encoded bytes) as RGB;
+    errors name the file."""
     if isinstance(source, Image.Image):
         return to_rgb(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            with Image.open(io.BytesIO(bytes(source))) as image:
+                image.load()  # decode now, so a truncated file fails here
+                return to_rgb(image)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot be read as an image ({e})") from None
     path = Path(source)
     try:
         with Image.open(path) as image:
@@ -110,10 +119,6 @@ def check_image(path: Path) -> str | None:
 
 def thumbnail_png(source: str | os.PathLike | Image.Image | bytes, size: int = 96) -> bytes:
     """A PNG of the image fitted into size x size (aspect kept), for previews."""
-    import io
-
-    if isinstance(source, bytes):
-        source = Image.open(io.BytesIO(source))
     image = open_image(source).copy()
     image.thumbnail((size, size), Image.Resampling.BILINEAR)
     out = io.BytesIO()

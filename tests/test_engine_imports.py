@@ -7,7 +7,7 @@ def test_engine_imports_no_ui_library():
     result = run_python("""
         import sys
         import mlwidgets as mw
-        from mlwidgets import cli, demo, session, trainer, callbacks, classifier, datasets
+        from mlwidgets import cli, demo, session, trainer, callbacks, classifier, datasets, follow
         ui = [m for m in ("ipywidgets", "plotly", "anywidget", "IPython.display")
               if m in sys.modules]
         print(ui)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mlwidgets as mw
-import mlwidgets.ui.preview as preview_module
+from mlwidgets.ui import common
 from mlwidgets.ui.preview import DatasetPreview
 
 
@@ -95,8 +95,8 @@ def test_choosing_a_class_shows_its_first_page(tiny_data: mw.DataSource) -> None
 def test_thumbnails_are_made_one_page_at_a_time(tiny_data: mw.DataSource,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[object] = []
-    real = preview_module.thumbnail_png
-    monkeypatch.setattr(preview_module, "thumbnail_png",
+    real = common.thumbnail_png
+    monkeypatch.setattr(common, "thumbnail_png",
                         lambda source, size=96: made.append(source) or real(source, size))
 
     preview = DatasetPreview(tiny_data, page_size=5)
@@ -120,7 +120,7 @@ def test_skipped_files_are_listed_with_their_reasons(tmp_path: Path,
 
     for path, reason in data.skipped:
         assert path.name in preview.skipped.value
-        assert preview_module.escape(reason) in preview.skipped.value
+        assert common.escape(reason) in preview.skipped.value
     assert "2 files skipped" in preview.summary.value
     assert sum(chart_counts(preview)["training"].values()) + sum(
         chart_counts(preview)["validation"].values()) == 6

@@ -11,7 +11,11 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..images import thumbnail_png
+
 log = logging.getLogger(__name__)
+
+THUMBNAIL_SIZE = 96
 
 # Transparent backgrounds and mid-grey text and grid read well on JupyterLab's light and
 # dark themes alike (plotly cannot read the theme's CSS variables).
@@ -112,3 +116,35 @@ def button(description: str, action: Callable[[], Any], icon: str = "",
                        tooltip=tooltip or description)
     b.on_click(clicked(action))
     return b
+
+
+def thumbnail_or_reason(source: Any) -> tuple[bytes | None, str]:
+    """A PNG thumbnail of `source`, or None and why it cannot be made."""
+    try:
+        return thumbnail_png(source, THUMBNAIL_SIZE), ""
+    except Exception as e:  # a file deleted or corrupted since it was listed: say so, go on
+        return None, str(e)
+
+
+def thumbnail_card(png: bytes | None, caption: list[str], tooltip: str = "",
+                   width: int = THUMBNAIL_SIZE, problem: str = "") -> widgets.VBox:
+    """A thumbnail with caption lines under it; without one, `problem` says why."""
+    size = THUMBNAIL_SIZE
+    picture: widgets.Widget
+    if png is None:
+        picture = widgets.HTML(message(f"cannot show: {problem}", "error"),
+                               layout=widgets.Layout(width=f"{width}px", height=f"{size}px",
+                                                     overflow="hidden"))
+    else:
+        picture = widgets.Image(value=png, format="png", layout=widgets.Layout(
+            width=f"{size}px", height=f"{size}px", object_fit="contain"))
+    lines = "<br>".join(escape(line) for line in caption)
+    label = widgets.HTML(f"<div title='{escape(tooltip)}' style='font-size:11px; line-height:1.3;"
+                         f" overflow-wrap:anywhere; width:{width}px'>{lines}</div>")
+    return widgets.VBox([picture, label], layout=widgets.Layout(width=f"{width + 4}px"))
+
+
+def card_grid(width: int = THUMBNAIL_SIZE) -> widgets.GridBox:
+    """An empty grid that wraps cards of `width` pixels to the panel's width."""
+    return widgets.GridBox(layout=widgets.Layout(
+        grid_template_columns=f"repeat(auto-fill, {width + 8}px)", grid_gap="8px"))

@@ -11,8 +11,17 @@ import ipywidgets as widgets
 from ..classifier import ImageClassifier
 from ..data import DataSource
 from ..metrics import ClassifierMetrics
-from .common import button, confusion_heatmap, figure, message, reports_errors, table
-from .preview import card_grid, thumbnail_card, thumbnail_or_reason
+from .common import (
+    button,
+    card_grid,
+    confusion_heatmap,
+    figure,
+    message,
+    reports_errors,
+    table,
+    thumbnail_card,
+    thumbnail_or_reason,
+)
 
 NO_CLASSIFIER = "Restore a checkpoint first: evaluation needs a trained classifier."
 NO_DATA = "No images to evaluate on: give the panel labelled images with set_data(...)."

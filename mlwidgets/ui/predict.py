@@ -3,7 +3,6 @@ classifier predicts for each, with bars for the most probable classes."""
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +13,7 @@ from PIL import Image
 
 from ..classifier import ImageClassifier, Prediction
 from ..images import open_image, thumbnail_png
-from .common import button, clicked, escape, message, reports_errors
-from .preview import THUMBNAIL_SIZE, card_grid
+from .common import THUMBNAIL_SIZE, button, card_grid, clicked, escape, message, reports_errors
 
 NO_CLASSIFIER = "Restore a checkpoint first: predictions need a trained classifier."
 CARD_WIDTH = 360
@@ -90,7 +88,7 @@ class PredictionPanel(widgets.VBox):
         problems: list[str] = []
         for name, image in zip(names, images):
             try:
-                decoded.append(_decoded(image))
+                decoded.append(open_image(image))
             except Exception as e:  # one bad file must not stop the others
                 decoded.append(None)
                 problems.append(f"{name}: {e}")
@@ -136,18 +134,6 @@ class PredictionPanel(widgets.VBox):
     def _uploaded(self, change: Any) -> None:
         if change["new"]:  # () when the upload is cleared
             clicked(self.predict_uploaded)(change)
-
-
-def _decoded(image: Any) -> Image.Image:
-    """An RGB PIL image from a path, PIL image or encoded bytes; errors say what is wrong."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        try:
-            pil = Image.open(io.BytesIO(bytes(image)))
-            pil.load()  # decode now, so a truncated file fails here and not mid-batch
-        except Exception as e:
-            raise ValueError(f"cannot be read as an image ({e})") from None
-        return open_image(pil)
-    return open_image(image)
 
 
 def _name_of(image: Any, position: int) -> str:

@@ -1,0 +1,94 @@
+"""The Studio: the panels as tabs in the order of the work, like the Create ML app."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from ..classifier import ImageClassifier
+from ..data import DataSource
+from ..parameters import ModelParameters
+from ..session import SESSION_FILE, TrainingSession
+from .common import message
+from .dashboard import TrainingDashboard
+from .evaluation import EvaluationPanel
+from .predict import PredictionPanel
+from .preview import DatasetPreview
+from .timeline import CheckpointTimeline
+
+TABS = ("Data", "Train", "Checkpoints", "Evaluate", "Preview")
+
+
+class Studio(widgets.Tab):
+    """`Studio(source)`: source is a folder of labelled image folders, a DataSource, a
+    TrainingSession, or a session directory (reopened, followed live, and resumable)."""
+
+    def __init__(self, source: str | os.PathLike | DataSource | TrainingSession,
+                 parameters: ModelParameters | None = None,
+                 session_dir: str | os.PathLike | None = None, follow_interval: float = 0.5):
+        self.session, self.data = _open(source)
+        self.classifier: ImageClassifier | None = None
+        self.preview = DatasetPreview(self.session or self.data)
+        self.dashboard = TrainingDashboard(self.session or self.data, parameters, session_dir,
+                                           follow_interval)
+        self.timeline: CheckpointTimeline | None = None
+        self.evaluation = EvaluationPanel()
+        self.prediction = PredictionPanel()
+        self._checkpoints_tab = widgets.VBox([widgets.HTML(message(
+            "Checkpoints appear here once training has committed one."))])
+        super().__init__(children=[self.preview, self.dashboard, self._checkpoints_tab,
+                                   self.evaluation, self.prediction], titles=TABS)
+        self.dashboard.on_session(self._session_made)
+        self.dashboard.on_events(self._events)
+        if self.session is not None:
+            self._session_made(self.session)
+
+    def show(self, tab: str) -> None:
+        """Switch to a tab by its title ("Data", "Train", "Checkpoints", ...)."""
+        self.selected_index = TABS.index(tab)
+
+    def close(self) -> None:
+        self.dashboard.close()
+        super().close()
+
+    def _session_made(self, session: TrainingSession) -> None:
+        self.session = session
+        train, valid = session.split
+        examples = valid or train
+        origin = f"the validation images of {session.directory.name}"
+        self.evaluation.set_data(DataSource(examples, origin=origin))
+        self.prediction.set_examples([item.path for item in examples])
+        if session.checkpoints:
+            self._show_timeline()
+
+    def _events(self, events: list[dict[str, Any]]) -> None:
+        if not any(e["type"] == "checkpoint" for e in events):
+            return
+        if self.timeline is None:
+            self._show_timeline()
+        else:
+            self.timeline.refresh()
+
+    def _show_timeline(self) -> None:
+        self.timeline = CheckpointTimeline(self.session)
+        self.timeline.on_restore(self._restored)
+        self._checkpoints_tab.children = [self.timeline]
+
+    def _restored(self, classifier: ImageClassifier) -> None:
+        self.classifier = classifier
+        self.evaluation.set_classifier(classifier)
+        self.prediction.set_classifier(classifier)
+
+
+def _open(source: Any) -> tuple[TrainingSession | None, DataSource | None]:
+    if isinstance(source, TrainingSession):
+        return source, None
+    if isinstance(source, DataSource):
+        return None, source
+    path = Path(source).expanduser()
+    if (path / SESSION_FILE).is_file():
+        return TrainingSession.restore(path), None
+    return None, DataSource.labeled_directories(path)

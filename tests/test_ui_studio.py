@@ -1,0 +1,52 @@
+"""The Studio without a browser: tabs in the order of the work, a session made by Start,
+checkpoints appearing as they are committed, and Restore feeding Evaluate and Preview."""
+
+import threading
+
+from conftest import TINY
+
+import mlwidgets as mw
+from mlwidgets.ui import Studio
+
+
+def test_the_studio_trains_a_folder_and_restores_a_checkpoint(tiny_data_dir, tmp_path):
+    studio = mw.Studio(tiny_data_dir, TINY.replace(max_iterations=2),
+                       session_dir=tmp_path / "s", follow_interval=0.05)
+    assert [studio.get_title(i) for i in range(5)] == \
+        ["Data", "Train", "Checkpoints", "Evaluate", "Preview"]
+    assert studio.timeline is None and studio.session is None
+    done = threading.Event()
+    studio.dashboard.on_events(lambda events: any(e.get("state") == "completed"
+                                                  for e in events) and done.set())
+    studio.dashboard.buttons["start"].click()
+    assert done.wait(300)
+    assert studio.session.directory == tmp_path / "s"
+    assert [c.id for c in studio.timeline.checkpoints] == \
+        [c.id for c in studio.session.checkpoints]
+    assert studio.children[2].children == (studio.timeline,)
+
+    studio.show("Checkpoints")
+    studio.timeline.select(0)
+    studio.timeline.restore()
+    first = studio.session.checkpoints[0]
+    assert studio.classifier is not None and studio.classifier.checkpoint.id == first.id
+    metrics = studio.evaluation.evaluate()  # on the session's validation images
+    assert len(metrics.labels) == len(studio.session.split[1])
+    predictions = studio.prediction.predict_examples(2)
+    assert len(predictions) == 2
+    studio.close()
+
+
+def test_a_studio_on_a_session_directory_shows_it_and_can_resume(trained_copy):
+    studio = Studio(str(trained_copy), follow_interval=0.05)  # e.g. after a kernel restart
+    session = studio.session
+    assert studio.timeline is not None
+    assert len(studio.dashboard.charts.history["valid_loss"][0]) == len(session.checkpoints)
+    assert not studio.dashboard.buttons["more"].disabled
+    job = session.job
+    studio.dashboard.train_more(1)
+    assert session.job is not job and session.job.wait(300) and session.state == "completed"
+    studio.dashboard.poll()  # the follower's work, done now: the timeline refreshes itself
+    assert studio.timeline.checkpoints[-1].iteration == 4
+    assert studio.timeline.slider.max == len(session.checkpoints) - 1
+    studio.close()
