@@ -73,27 +73,42 @@ def key_name(key: dict[str, Any]) -> str:
 def extract(model: torch.nn.Module, train: Sequence[Item], valid: Sequence[Item],
             classes: Sequence[str], params: ModelParameters, views: int,
             progress: Progress | None = None,
-            stop: Callable[[], bool] = lambda: False) -> dict[str, torch.Tensor] | None:
+            stop: Callable[[], bool] = lambda: False, cache_mb: float | None = None,
+            decoding: Callable[[int, int], None] | None = None,
+            ) -> dict[str, torch.Tensor] | None:
     """Pooled features of every image: one plain pass, then `views` augmented passes over
-    the training images. Returns None if `stop()` turns true in between."""
+    the training images. Returns None if `stop()` turns true in between.
+
+    With augmented views, the training images are decoded once into RAM when they fit in
+    `cache_mb` (see image_cache.py; `decoding(done, total)` reports it), not once a pass.
+    """
     from torch.utils.data import DataLoader
+
+    from .image_cache import decode_images, fits_in_cache
 
     features, _ = split_features_and_classifier(model)
     features.eval()
+    batch_size = params.batch_size * 2
 
-    def in_order(items: Sequence[Item]) -> DataLoader:
+    def in_order(items: Sequence[Item]) -> Any:
         return DataLoader(ImageDataset(items, classes, params.image_size),
-                          batch_size=params.batch_size * 2, shuffle=False)
+                          batch_size=batch_size, shuffle=False)
 
-    loaders = [("train", in_order(train)), ("valid", in_order(valid))]
-    loaders += [("train", loaders[0][1])] * views
+    train_batches = in_order(train)
+    if views and fits_in_cache(len(train), params.image_size, cache_mb):
+        train_batches = _Batches(decode_images(train, classes, params.image_size, decoding),
+                                 batch_size)
+    loaders = [("train", train_batches), ("valid", in_order(valid))]
+    loaders += [("train", train_batches)] * views
     out: dict[str, list[torch.Tensor]] = {"train_x": [], "train_y": [], "valid_x": [],
                                           "valid_y": []}
-    torch.manual_seed(params.seed)  # the augmented views are part of the cache key
     with torch.no_grad():
         for n, (split, loader) in enumerate(loaders, start=1):
-            done = 0
-            for x, y in loader:
+            done, batches = 0, iter(loader)
+            # Seeded per pass, after the loader has drawn its own seed: the augmented views
+            # are part of the cache key, so they must not depend on how images are read.
+            torch.manual_seed(params.seed + n)
+            for x, y in batches:
                 if stop():
                     return None
                 if n > 2:
@@ -106,6 +121,18 @@ def extract(model: torch.nn.Module, train: Sequence[Item], valid: Sequence[Item]
     empty = torch.zeros(0, dtype=torch.long)
     return {k: torch.cat(v) if v else (empty if k.endswith("_y") else torch.zeros(0, 0))
             for k, v in out.items()}
+
+
+class _Batches:
+    """Batches in order from decoded images, like a DataLoader over them."""
+
+    def __init__(self, decoded: Any, batch_size: int):
+        self.dataset, self.batch_size = decoded, batch_size
+
+    def __iter__(self) -> Any:
+        n = len(self.dataset)
+        for start in range(0, n, self.batch_size):
+            yield self.dataset.batch(torch.arange(start, min(start + self.batch_size, n)))
 
 
 def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],

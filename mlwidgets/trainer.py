@@ -177,10 +177,15 @@ class TrainingRun:
         if feats.find(directory, key) is None:
             model = build_model(p, len(s.classes))
             train, valid = s.split
-            tensors = feats.extract(model, train, valid, s.classes, p,
-                                    self.budget("extracting_features") - 2,
-                                    progress=self._extraction_progress,
-                                    stop=lambda: self.stop_requested)
+            try:
+                tensors = feats.extract(model, train, valid, s.classes, p,
+                                        self.budget("extracting_features") - 2,
+                                        progress=self._extraction_progress,
+                                        stop=lambda: self.stop_requested,
+                                        cache_mb=s.session_parameters.image_cache_mb,
+                                        decoding=self._decoding_progress)
+            except Stopped:  # while decoding
+                tensors = None
             if tensors is None:
                 return  # stopped: features are all or nothing, so nothing is kept
             feats.save(directory, key, tensors, feats.body_state(model))

@@ -11,7 +11,7 @@ import mlwidgets as mw
 from mlwidgets import features
 from mlwidgets.checkpoints import CheckpointError
 from mlwidgets.coreml import verify
-from mlwidgets.models import small_cnn
+from mlwidgets.models import build_model, small_cnn
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,22 @@ def test_pausing_while_the_classifier_trains_resumes_from_the_features(tiny_data
     steps = [c.step_number for c in restored.checkpoints]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)
     mw.ImageClassifier.from_checkpoint(restored.checkpoints[-1]).predict(tiny_data.items[0].path)
+
+
+def test_augmented_views_decode_the_images_once_and_give_the_same_features(tiny_data, backbone):
+    params = transfer(backbone, augmentation=mw.Augmentation(flip=True, noise=0.05))
+    train, valid = tiny_data.items[:40], tiny_data.items[40:]
+    decoded = []
+
+    def extract(cache_mb):
+        return features.extract(build_model(params, 3), train, valid, tiny_data.classes,
+                                params, views=2, cache_mb=cache_mb,
+                                decoding=lambda done, total: decoded.append((done, total)))
+
+    streamed = extract(0)
+    assert decoded == []  # cache off: every pass reads the files
+    cached = extract(None)
+    assert decoded[-1] == (40, 40)  # the training images, decoded once for all passes
+    assert streamed.keys() == cached.keys()
+    for name in streamed:
+        assert torch.equal(streamed[name], cached[name]), name
