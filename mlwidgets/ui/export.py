@@ -1,0 +1,242 @@
+"""The Core ML export form: metadata, precision and compression, one button, a download link.
+
+The form gets its classifier from a callable, so weights load only when the user exports.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from ..files import fsync_dir
+from .common import button, message, reports_errors
+from .filelink import FileLink
+
+if TYPE_CHECKING:
+    from ..checkpoints import Checkpoint
+    from ..classifier import ImageClassifier
+    from ..coreml import ExportResult, VerificationReport
+    from ..session import TrainingSession
+
+PRECISIONS = ("float32", "float16")
+COMPRESSIONS = ("none", "int8", "palettize-6")
+VERIFICATION_IMAGES = 50
+_FIELDS = ("author", "license", "short_description", "version", "precision", "compression")
+
+
+class ExportForm(widgets.VBox):
+    """Writes the classifier `provide_classifier()` returns to Core ML and verifies it.
+
+    `session` gives the default file name (in `<session>/exports/`) and the validation images
+    the export is checked on; without one, pass `images` (or nothing: no verification).
+    """
+
+    def __init__(self, provide_classifier: Callable[[], ImageClassifier] | ImageClassifier,
+                 session: TrainingSession | None = None, checkpoint: Checkpoint | None = None,
+                 images: Sequence[Any] | None = None):
+        if callable(provide_classifier):
+            self.provide_classifier = provide_classifier
+        else:
+            classifier = provide_classifier
+            self.provide_classifier = lambda: classifier
+            checkpoint = checkpoint or classifier.checkpoint
+        self.session = session
+        self.checkpoint = checkpoint
+        self.images = images
+        self.result: ExportResult | None = None
+        self.report: VerificationReport | None = None
+        self.link: FileLink | None = None
+        # Read once: for_checkpoint runs on every timeline scrub and must not touch the disk.
+        self._stem = _dataset_name(session)
+        self._default = str(self.default_path())
+        style = {"description_width": "90px"}
+        wide = widgets.Layout(width="95%")
+        self.file_name = widgets.Text(self._default, description="File", layout=wide, style=style)
+        self.author = widgets.Text(description="Author", placeholder="your name", style=style)
+        self.license = widgets.Text(description="License", placeholder="e.g. CC-BY-4.0",
+                                    style=style)
+        self.short_description = widgets.Text(description="Description", layout=wide, style=style,
+                                              placeholder="default: the classes it predicts")
+        self.version = widgets.Text("1.0", description="Version", style=style)
+        self.compression = widgets.Dropdown(options=COMPRESSIONS, description="Compression",
+                                            style=style)
+        self.precision = widgets.ToggleButtons(options=PRECISIONS, description="Precision",
+                                               style={**style, "button_width": "80px"})
+        self.export_button = button("Export to Core ML", self.export, icon="download",
+                                    style="primary",
+                                    tooltip="write, verify and link a Core ML model")
+        self.export_button.layout.width = "auto"
+        self.status = widgets.HTML()
+        self.download = widgets.Box(layout=widgets.Layout(margin="0 0 0 12px"))
+        super().__init__([
+            self.file_name, widgets.HBox([self.author, self.license]), self.short_description,
+            widgets.HBox([self.version, self.compression]), self.precision,
+            widgets.HBox([self.export_button, self.download],
+                         layout=widgets.Layout(align_items="center")),
+            self.status,
+        ])
+
+    def default_path(self) -> Path:
+        """`<session>/exports/<dataset or session>-<checkpoint id>.mlpackage`."""
+        folder = self.session.directory / "exports" if self.session else Path()
+        suffix = f"-{self.checkpoint.id}" if self.checkpoint else ""
+        return folder / f"{self._stem}{suffix}.mlpackage"
+
+    def for_checkpoint(self, checkpoint: Checkpoint | None) -> None:
+        """Export `checkpoint` next; the file name follows it unless the user typed one."""
+        self.checkpoint = checkpoint
+        following = self.file_name.value == self._default
+        self._default = str(self.default_path())
+        if following:
+            self.file_name.value = self._default
+
+    @reports_errors()
+    def export(self, path: str | os.PathLike | None = None, **fields: Any) -> ExportResult:
+        """Write, verify and link a Core ML model; `fields` set the form's fields first.
+
+        Fields: author, license, short_description, version, precision ("float32" or
+        "float16"), compression ("none", "int8" or "palettize-6").
+        """
+        unknown = sorted(set(fields) - set(_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown export fields {unknown}; known: {', '.join(_FIELDS)}")
+        if path is not None:
+            self.file_name.value = str(path)
+        for name, value in fields.items():
+            field = getattr(self, name)
+            value = "none" if value is None else value
+            if hasattr(field, "options") and value not in field.options:
+                raise ValueError(f"{name} must be one of {', '.join(field.options)}, "
+                                 f"got {value!r}")
+            field.value = value
+        target = self._target()
+        self.result, self.report, self.link = None, None, None
+        self.download.children = ()
+        self.status.value = message(f"Exporting {target}…")
+        self.export_button.disabled = True  # one export at a time
+        try:
+            return self._write(target)
+        finally:
+            self.export_button.disabled = False
+
+    def _write(self, target: Path) -> ExportResult:
+        from ..coreml import ExportError, ModelMetadata
+
+        classifier = self.provide_classifier()
+        metadata = ModelMetadata(author=self.author.value, license=self.license.value,
+                                 short_description=self.short_description.value,
+                                 version=self.version.value)
+        quantize = None if self.compression.value == "none" else self.compression.value
+        try:
+            result = classifier.write(target, metadata, precision=self.precision.value,
+                                      quantize=quantize)
+        except ExportError as e:  # name the file: the engine's message names the step
+            raise ExportError(f"{target}: {e}") from e
+        self.result = result
+        download = write_zip(result.path) if result.path.is_dir() else result.path
+        self.link = FileLink(download, f"Download {download.name} ({_size(download)})")
+        self.download.children = (self.link,)
+        self.status.value = self._summary(result, classifier)
+        return result
+
+    def _target(self) -> Path:
+        """The file to write; refuses, before any slow work, names that would fail or clobber."""
+        from ..coreml.export import FORMATS
+
+        name = self.file_name.value.strip()
+        if not name:
+            raise ValueError("enter a file name ending in .mlpackage or .mlmodel")
+        target = Path(name).expanduser()
+        if target.suffix not in FORMATS:
+            raise ValueError(f"{target}: a Core ML model's name ends in .mlpackage (ML program) "
+                             "or .mlmodel (neural network)")
+        for taken in (target, _zip_path(target)):
+            if taken.exists() or taken.is_symlink():
+                raise FileExistsError(f"{taken} already exists; choose another file name")
+        return target
+
+    def _summary(self, result: ExportResult, classifier: ImageClassifier) -> str:
+        """The status after writing: size, and the verification on validation images."""
+        from ..coreml import VerificationError, verify
+
+        wrote = (f"Wrote {result.path} · {_size(result.path)} · {result.precision}"
+                 f"{' · ' + result.quantize if result.quantize else ''} · {result.seconds:.1f} s")
+        images = self._verification_images()
+        if not images:
+            return message(f"{wrote}\nNot verified: no images to compare on.", "success")
+        try:
+            self.report = verify(result.path, classifier, images)
+        except (VerificationError, OSError) as e:  # the model is written; say why it is unchecked
+            return message(f"{wrote}\nCould not verify it: {e}", "error")
+        # Compressed weights may flip a close call: worth a look, not an alarm.
+        agrees = self.report.top1_agreement == 1.0
+        return (message(wrote, "success")
+                + message(f"Verified against PyTorch: {self.report.summary()}",
+                          "success" if agrees else "info"))
+
+    def _verification_images(self) -> list[Any]:
+        if self.images is not None:
+            return list(self.images)[:VERIFICATION_IMAGES]
+        if self.session is None:
+            return []
+        from ..cli import verification_images
+
+        return verification_images(self.session, VERIFICATION_IMAGES)
+
+
+def write_zip(package: Path) -> Path:
+    """`<package>.zip` beside a package directory, published whole or not at all."""
+    archive = _zip_path(package)
+    tmp = archive.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{archive.name}")
+    try:
+        # Stored, not deflated: weights barely compress, and zipping must not outlast exporting.
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            for file in sorted(package.rglob("*")):
+                z.write(file, file.relative_to(package.parent).as_posix())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        _publish(tmp, archive)
+        fsync_dir(archive.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return archive
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Give `tmp` the name `target`, never replacing a file that appeared meanwhile."""
+    try:
+        os.link(tmp, target)  # unlike rename, fails if the target exists
+    except FileExistsError:
+        raise FileExistsError(f"{target} already exists; choose another file name") from None
+    except OSError:  # a file system without hard links
+        if target.exists():
+            raise FileExistsError(f"{target} already exists; choose another file name") from None
+        os.rename(tmp, target)
+
+
+def _zip_path(path: Path) -> Path:
+    return path.with_name(path.name + ".zip")
+
+
+def _dataset_name(session: TrainingSession | None) -> str:
+    """The data folder's name for labelled directories, else the session folder's name."""
+    if session is None:
+        return "model"
+    # TODO(engine): a public TrainingSession.data_origin; the record is all that has it today.
+    origin = getattr(session, "_record", {}).get("data", {}).get("origin", "")
+    return Path(origin).name if origin and Path(origin).is_dir() else session.directory.name
+
+
+def _size(path: Path) -> str:
+    from ..coreml.export import size_of
+
+    n = size_of(path)
+    if n < 1000:
+        return f"{n} bytes"
+    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
