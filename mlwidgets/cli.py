@@ -223,7 +223,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.verify:
         from .coreml.verify import verify
 
-        report = verify(result.path, classifier, verification_images(session))
+        report = verify(result.path, classifier, session.verification_images())
         print(f"  verify  {report.summary()}")
     return 0
 
@@ -259,14 +259,6 @@ def follow(session: Any, job: Any) -> int:
     print(f"Training {job.state} after {session.elapsed:.1f} s; "
           f"{len(session.checkpoints)} checkpoint(s) in {session.directory}")
     return 0
-
-
-def verification_images(session: Any, limit: int = 50) -> list[Path]:
-    """Up to `limit` of the session's validation images (training images if it has none)."""
-    train, valid = session.split
-    items = valid or train
-    step = max(1, len(items) // limit)
-    return [item.path for item in items[::step]][:limit]
 
 
 def print_data_summary(data: Any) -> None:

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from .classifier import ImageClassifier
-from .cli import follow, print_data_summary, print_table, verification_images
+from .cli import follow, print_data_summary, print_table
 from .coreml.verify import verify
 from .data import DataSource
 from .parameters import ModelParameters
@@ -38,7 +38,7 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
     metrics = classifier.evaluation(DataSource(valid, origin="the validation split"))
     print("Exporting the best checkpoint to Core ML and verifying it…", flush=True)
     exported = classifier.write(session.directory / "exports" / f"{dataset}.mlpackage")
-    report = verify(exported.path, classifier, verification_images(session))
+    report = verify(exported.path, classifier, session.verification_images())
     print()
     print(metrics.summary())
     print()

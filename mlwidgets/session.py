@@ -182,6 +182,19 @@ class TrainingSession:
         features.copy_into(found, self.directory / features.FEATURES_DIR)
 
     @property
+    def data_origin(self) -> str:
+        """Where the images came from (a folder, for labelled directories)."""
+        return self._record.get("data", {}).get("origin", "")
+
+    def verification_images(self, limit: int = 50) -> list[Path]:
+        """Up to `limit` validation images, spread evenly (training images if none), to
+        check an export against."""
+        train, valid = self.split
+        items = valid or train
+        step = max(1, len(items) // limit)
+        return [item.path for item in items[::step]][:limit]
+
+    @property
     def events_path(self) -> Path:
         return self.directory / EVENTS_FILE
 

@@ -16,7 +16,6 @@ import pytest
 
 import mlwidgets as mw
 from mlwidgets.checkpoints import Checkpoint
-from mlwidgets.cli import verification_images
 from mlwidgets.coreml import ExportError
 from mlwidgets.ui import timeline as timeline_module
 from mlwidgets.ui.export import ExportForm
@@ -80,7 +79,7 @@ def test_restore_button_gives_the_checkpoints_classifier_and_tells_subscribers(t
     timeline.restore_button.click()
     assert timeline.classifier is not None and restored == [timeline.classifier]
     assert timeline.classifier.checkpoint.id == checkpoint.id
-    images = verification_images(timeline.session, 8)
+    images = timeline.session.verification_images(8)
     expected = mw.ImageClassifier.from_checkpoint(checkpoint).probabilities(images)
     np.testing.assert_array_equal(timeline.classifier.probabilities(images), expected)
     assert "Restored" in timeline.status.value
@@ -248,6 +247,7 @@ class LongSession:
     checkpoints: list[Checkpoint]
     classes: list[str] = field(default_factory=lambda: ["a", "b"])
     session_parameters: mw.SessionParameters = field(default_factory=mw.SessionParameters)
+    data_origin: str = ""
 
 
 def long_history(directory: Path, n: int = 1000) -> list[Checkpoint]:

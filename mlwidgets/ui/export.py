@@ -6,15 +6,13 @@ The form gets its classifier from a callable, so weights load only when the user
 from __future__ import annotations
 
 import os
-import uuid
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..files import fsync_dir
+from ..coreml.archive import download_archive_path, zip_for_download
 from .common import button, message, reports_errors
 from .filelink import FileLink
 
@@ -139,7 +137,7 @@ class ExportForm(widgets.VBox):
         except ExportError as e:  # name the file: the engine's message names the step
             raise ExportError(f"{target}: {e}") from e
         self.result = result
-        download = write_zip(result.path) if result.path.is_dir() else result.path
+        download = zip_for_download(result.path) if result.path.is_dir() else result.path
         self.link = FileLink(download, f"Download {download.name} ({_size(download)})")
         self.download.children = (self.link,)
         self.status.value = self._summary(result, classifier)
@@ -156,7 +154,7 @@ class ExportForm(widgets.VBox):
         if target.suffix not in FORMATS:
             raise ValueError(f"{target}: a Core ML model's name ends in .mlpackage (ML program) "
                              "or .mlmodel (neural network)")
-        for taken in (target, _zip_path(target)):
+        for taken in (target, download_archive_path(target)):
             if taken.exists() or taken.is_symlink():
                 raise FileExistsError(f"{taken} already exists; choose another file name")
         return target
@@ -185,51 +183,14 @@ class ExportForm(widgets.VBox):
             return list(self.images)[:VERIFICATION_IMAGES]
         if self.session is None:
             return []
-        from ..cli import verification_images
-
-        return verification_images(self.session, VERIFICATION_IMAGES)
-
-
-def write_zip(package: Path) -> Path:
-    """`<package>.zip` beside a package directory, published whole or not at all."""
-    archive = _zip_path(package)
-    tmp = archive.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{archive.name}")
-    try:
-        # Stored, not deflated: weights barely compress, and zipping must not outlast exporting.
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            for file in sorted(package.rglob("*")):
-                z.write(file, file.relative_to(package.parent).as_posix())
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _publish(tmp, archive)
-        fsync_dir(archive.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return archive
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Give `tmp` the name `target`, never replacing a file that appeared meanwhile."""
-    try:
-        os.link(tmp, target)  # unlike rename, fails if the target exists
-    except FileExistsError:
-        raise FileExistsError(f"{target} already exists; choose another file name") from None
-    except OSError:  # a file system without hard links
-        if target.exists():
-            raise FileExistsError(f"{target} already exists; choose another file name") from None
-        os.rename(tmp, target)
-
-
-def _zip_path(path: Path) -> Path:
-    return path.with_name(path.name + ".zip")
+        return self.session.verification_images(VERIFICATION_IMAGES)
 
 
 def _dataset_name(session: TrainingSession | None) -> str:
     """The data folder's name for labelled directories, else the session folder's name."""
     if session is None:
         return "model"
-    # TODO(engine): a public TrainingSession.data_origin; the record is all that has it today.
-    origin = getattr(session, "_record", {}).get("data", {}).get("origin", "")
+    origin = session.data_origin
     return Path(origin).name if origin and Path(origin).is_dir() else session.directory.name
 
 

@@ -6,7 +6,9 @@ instant over thousands of checkpoints; weights load only on Restore or Export.
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,14 @@ METRIC_ROWS = (("training", "train_loss", "train_accuracy"),
 BEST_MARK = "★"
 
 
+def _locked(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def run(self: CheckpointTimeline, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
 def checkpoint_label(checkpoint: Checkpoint, best: bool = False) -> str:
     """'it 12 · val acc 0.97', with the phase when not training and ★ for the best."""
     phase = PHASE_NAMES.get(checkpoint.phase, checkpoint.phase.replace("_", " "))
@@ -56,6 +66,7 @@ class CheckpointTimeline(widgets.VBox):
 
     def __init__(self, session: TrainingSession):
         self.session = session
+        self._lock = threading.RLock()  # refresh() comes from the follower's thread
         self.checkpoints: list[Checkpoint] = []
         self.labels: list[str] = []
         self.best_index: int | None = None
@@ -92,6 +103,7 @@ class CheckpointTimeline(widgets.VBox):
     def selected(self) -> Checkpoint | None:
         return None if self._index is None else self.checkpoints[self._index]
 
+    @_locked
     def refresh(self) -> None:
         """Re-read the session's checkpoints; keep the selection, or follow the latest."""
         previous = self.selected
@@ -118,6 +130,7 @@ class CheckpointTimeline(widgets.VBox):
         self._index = None  # labels may have changed (a new best): show them again
         self.select(target)
 
+    @_locked
     def select(self, which: int | str | Checkpoint) -> Checkpoint:
         """Select a checkpoint by index (negative from the end), id, or record."""
         index = self._resolve(which)
