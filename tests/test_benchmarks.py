@@ -47,3 +47,11 @@ def test_transfer_benchmark_prints_both_ratios():
     assert "(1)/(2)" in table and "(2)/(3)" in table and "decoded-image cache" in table
     assert figures["demo"]["cache_epoch_speedup"] > 0
     assert figures["fastai_over_ours"] > 0 and figures["ours_over_floor"] > 0
+
+
+@pytest.mark.slow
+def test_ui_benchmark_prints_the_studio_ratio_chart_cost_and_scrub_time():
+    table, figures = run_benchmark("ui.py", "--iterations", "1", "--repeats", "1",
+                                   "--checkpoints", "30", "--reports", "20")
+    assert "Studio attached / alone" in table and figures["studio_ratio"] > 0
+    assert figures["scrub_median_ms"] > 0 and figures["chart_update_median_ms"] > 0
