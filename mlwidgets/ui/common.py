@@ -3,6 +3,7 @@ status lines that show errors instead of dying, and small HTML helpers."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import html
 import logging
@@ -33,15 +34,42 @@ def chart_layout(title: str = "", height: int = 280, **overrides: Any) -> dict[s
         "font": {"color": _GREY}, "xaxis": dict(axis), "yaxis": dict(axis),
         "legend": {"orientation": "h", "y": -0.25},
     }
-    layout.update(overrides)
+    for key, value in overrides.items():  # xaxis={"title": ...} must keep the axis styling
+        both_dicts = isinstance(value, dict) and isinstance(layout.get(key), dict)
+        layout[key] = {**layout[key], **value} if both_dicts else value
     return layout
 
 
 def figure(title: str = "", height: int = 280, **layout: Any) -> Any:
     """An empty plotly FigureWidget styled for both themes."""
+    return _figure_widget()(layout=chart_layout(title, height, **layout))
+
+
+@functools.cache
+def _figure_widget() -> type:
     import plotly.graph_objects as go
 
-    return go.FigureWidget(layout=chart_layout(title, height, **layout))
+    class FigureWidget(go.FigureWidget):
+        """A FigureWidget that reports the figure as it is now when a frontend asks.
+
+        plotly refreshes the synced `_widget_data` / `_widget_layout` only when the figure
+        itself is displayed; later changes travel as messages. A frontend that connects
+        later (Voilà, a reloaded page) asks for the state and drew charts in panels empty.
+        """
+
+        def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
+            state = super().get_state(key, drop_defaults)
+            keys = self.keys if key is None else [key] if isinstance(key, str) else list(key)
+            # None while BaseFigure.__init__ runs: ipywidgets opens the comm before it.
+            now = {"_widget_data": getattr(self, "_data", None),
+                   "_widget_layout": getattr(getattr(self, "_layout_obj", None), "_props", None)}
+            for name, value in now.items():
+                if value is not None and name in keys:
+                    to_json = self.trait_metadata(name, "to_json", self._trait_to_json)
+                    state[name] = to_json(copy.deepcopy(value), self)
+            return state
+
+    return FigureWidget
 
 
 _CELL_HOVER = "true %{y}, predicted %{x}: %{z}<extra></extra>"

@@ -41,6 +41,7 @@ class PredictionPanel(widgets.VBox):
         self.upload.observe(self._uploaded, "value")
         self.examples_button = button("Predict validation images", self.predict_examples,
                                       icon="images")
+        self.examples_button.layout.width = "auto"  # the fixed default cuts its label off
         self.results = card_grid(CARD_WIDTH)
         self.children = [widgets.HBox([self.upload, self.examples_button]), self.status,
                          self.results]
