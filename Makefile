@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # apt-get needs root: use sudo only when we are not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Jupyter refuses to run as root unless told to (containers often are root).
+AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo lab test bench lint clean
 
 install: $(STAMP)
 
@@ -22,6 +24,11 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/mlwidgets demo
+
+# JupyterLab on notebooks/ (its root), opening the quick start; the kernel is .venv's Python.
+# More options: make lab LAB_ARGS="--no-browser --port 8890"
+lab: install
+	$(BIN)/jupyter lab $(AS_ROOT) $(LAB_ARGS) notebooks/01-quickstart.ipynb
 
 test: install
 	$(BIN)/python -m pytest
