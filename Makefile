@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Jupyter refuses to run as root unless told to (containers often are root).
 AS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: install demo lab test bench lint clean
+.PHONY: install chromium demo lab test bench lint clean
 
 install: $(STAMP)
 
@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch and torchvision are resolved together by pip (see DESIGN.md).
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	# Browser tests drive Debian's chromium (Playwright cannot download browsers here).
-	test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	touch $(STAMP)
+
+# Browser tests drive Debian's chromium (Playwright cannot download browsers here). Where
+# there is no apt-get (macOS, say) they are skipped, except in CI, where they must run.
+chromium:
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
 demo: install
 	$(BIN)/mlwidgets demo
@@ -30,7 +34,7 @@ demo: install
 lab: install
 	$(BIN)/jupyter lab $(AS_ROOT) $(LAB_ARGS) notebooks/01-quickstart.ipynb
 
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
 
 bench: install

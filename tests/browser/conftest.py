@@ -17,7 +17,8 @@ The recipe is guides/browser-tests.md (named in DESIGN.md). In short:
   writes into `lab.root`).
 
 Every test in this directory gets the `browser` marker and a timeout. Without chromium the
-tests skip, except under CI (env `CI` set), where they fail: `make install` installs chromium.
+tests skip, except under CI (env `CI` set), where they fail. `make test` installs chromium
+with apt-get where there is one.
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ LAB_SETTINGS = {
 # --- collection: marker, timeout, skip -------------------------------------------------------
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    reason = (f"{CHROMIUM} is missing: `make install` installs Debian's chromium "
-              "(under CI these tests fail instead of skipping)")
+    reason = (f"{CHROMIUM} is missing: `make chromium` (run by `make test`) installs it with "
+              "apt-get (under CI these tests fail instead of skipping)")
     for item in items:
         if HERE not in item.path.parents:
             continue
@@ -91,7 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
     if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing; `make install` installs it (apt-get install chromium)")
+        pytest.fail(f"{CHROMIUM} is missing; `make chromium` installs it with apt-get")
     # Playwright cannot download its own browsers here; it drives Debian's through CDP.
     return {"headless": True, **browser_type_launch_args,
             "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
