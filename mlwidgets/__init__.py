@@ -16,6 +16,7 @@ from .coreml import ModelMetadata
 from .data import DataSource
 from .job import Job
 from .metrics import ClassifierMetrics
+from .models import PretrainedWeightsUnavailable
 from .parameters import Augmentation, ModelParameters, SessionParameters
 from .session import Progress, TrainingSession
 
@@ -45,6 +46,6 @@ def __getattr__(name: str):
 __all__ = [
     "Augmentation", "Checkpoint", "CheckpointError", "CheckpointStore", "ClassifierMetrics",
     "DataSource", "ImageClassifier", "Job", "ModelMetadata", "ModelParameters", "Prediction",
-    "Progress",
+    "PretrainedWeightsUnavailable", "Progress",
     "SessionParameters", "Studio", "TrainingSession", "datasets", "ui", "__version__",
 ]

@@ -1,8 +1,6 @@
 """The Studio without a browser: tabs in the order of the work, a session made by Start,
 checkpoints appearing as they are committed, and Restore feeding Evaluate and Preview."""
 
-import threading
-
 from conftest import TINY
 
 import mlwidgets as mw
@@ -15,11 +13,9 @@ def test_the_studio_trains_a_folder_and_restores_a_checkpoint(tiny_data_dir, tmp
     assert [studio.get_title(i) for i in range(5)] == \
         ["Data", "Train", "Checkpoints", "Evaluate", "Preview"]
     assert studio.timeline is None and studio.session is None
-    done = threading.Event()
-    studio.dashboard.on_events(lambda events: any(e.get("state") == "completed"
-                                                  for e in events) and done.set())
     studio.dashboard.buttons["start"].click()
-    assert done.wait(300)
+    assert studio.wait(300)  # training done, and every tab shows it
+    assert studio.dashboard.shown_state == "completed"
     assert studio.session.directory == tmp_path / "s"
     assert [c.id for c in studio.timeline.checkpoints] == \
         [c.id for c in studio.session.checkpoints]
@@ -32,8 +28,10 @@ def test_the_studio_trains_a_folder_and_restores_a_checkpoint(tiny_data_dir, tmp
     assert studio.classifier is not None and studio.classifier.checkpoint.id == first.id
     metrics = studio.evaluation.evaluate()  # on the session's validation images
     assert len(metrics.labels) == len(studio.session.split[1])
-    predictions = studio.prediction.predict_examples(2)
-    assert len(predictions) == 2
+    predictions = studio.prediction.predict_examples(3)
+    assert len(predictions) == 3
+    first_three = studio.prediction.examples[:3]
+    assert {p.parent.name for p in first_three} == set(studio.session.classes)  # in turn
     studio.close()
 
 

@@ -10,10 +10,11 @@ from .charts import TrainingCharts
 from .dashboard import TrainingDashboard
 from .evaluation import EvaluationPanel
 from .export import ExportForm
+from .filelink import FileLink
 from .predict import PredictionPanel
 from .preview import DatasetPreview
 from .studio import Studio
 from .timeline import CheckpointTimeline
 
-__all__ = ["CheckpointTimeline", "DatasetPreview", "EvaluationPanel", "ExportForm",
+__all__ = ["CheckpointTimeline", "DatasetPreview", "EvaluationPanel", "ExportForm", "FileLink",
            "PredictionPanel", "Studio", "TrainingCharts", "TrainingDashboard"]

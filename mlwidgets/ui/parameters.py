@@ -28,9 +28,10 @@ class ParameterForm(widgets.VBox):
                                                  description="image size (px)", style=_WIDE)
         self.iterations = widgets.BoundedIntText(value=p.max_iterations, min=1, max=10_000,
                                                  description="iterations", style=_WIDE)
-        self.learning_rate = widgets.FloatLogSlider(value=p.learning_rate, base=10, min=-5,
-                                                    max=0, step=0.1, readout_format=".1e",
-                                                    description="learning rate", style=_WIDE)
+        # A text box, not a log slider: a slider snaps 0.003 to 10**-2.5 = 0.00316.
+        self.learning_rate = widgets.BoundedFloatText(value=p.learning_rate, min=1e-7, max=1.0,
+                                                      step=1e-4, description="learning rate",
+                                                      style=_WIDE)
         a = p.augmentation
         self.flip = widgets.Checkbox(value=a.flip, description="flip", indent=False)
         self.augment = {name: widgets.FloatSlider(value=getattr(a, name), min=0.0, max=top,
@@ -57,7 +58,7 @@ class ParameterForm(widgets.VBox):
                                     **{k: round(w.value, 4) for k, w in self.augment.items()})
         changes = dict(architecture=self.architecture.value, pretrained=self.pretrained.value,
                        image_size=self.image_size.value, max_iterations=self.iterations.value,
-                       learning_rate=float(f"{self.learning_rate.value:.3g}"),
+                       learning_rate=self.learning_rate.value,
                        augmentation=augmentation)
         if changes["architecture"] != self._base.architecture:
             changes["weights_file"] = None  # weights belong to the architecture they came from

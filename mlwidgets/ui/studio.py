@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,17 @@ class Studio(widgets.Tab):
         if self.session is not None:
             self._session_made(self.session)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until training in this kernel ends and every tab shows it; False on timeout.
+
+        Useful in scripts and tutorials; in a notebook the tabs keep up on their own.
+        """
+        job = self.session.job if self.session is not None else None
+        if job is not None and not job.wait(timeout):
+            return False
+        self.dashboard.poll()
+        return True
+
     def show(self, tab: str) -> None:
         """Switch to a tab by its title ("Data", "Train", "Checkpoints", ...)."""
         self.selected_index = TABS.index(tab)
@@ -60,7 +72,7 @@ class Studio(widgets.Tab):
         examples = valid or train
         origin = f"the validation images of {session.directory.name}"
         self.evaluation.set_data(DataSource(examples, origin=origin))
-        self.prediction.set_examples([item.path for item in examples])
+        self.prediction.set_examples([item.path for item in _classes_in_turn(examples)])
         if session.checkpoints:
             self._show_timeline()
 
@@ -92,3 +104,12 @@ def _open(source: Any) -> tuple[TrainingSession | None, DataSource | None]:
     if (path / SESSION_FILE).is_file():
         return TrainingSession.restore(path), None
     return None, DataSource.labeled_directories(path)
+
+
+def _classes_in_turn(items: list[Any]) -> list[Any]:
+    """Items reordered so that classes take turns (the first few show every class)."""
+    by_class: dict[str, list[Any]] = {}
+    for item in items:
+        by_class.setdefault(item.label, []).append(item)
+    rounds = zip_longest(*by_class.values())
+    return [item for round_ in rounds for item in round_ if item is not None]
