@@ -2,7 +2,8 @@
 <= 1.03), the chart update per report, and timeline scrubbing over 1,000 checkpoints.
 
 1. The demo's training (small_cnn on the shapes) in a TrainingSession, alone or with a
-   Studio following it (charts, progress, timeline refreshes), interleaved, in one process.
+   Studio following it (charts, progress, timeline refreshes), interleaved, in one process;
+   timed from start() until the job and the Studio are done.
 2. TrainingCharts.add_events for one report, with a history of a long run behind it.
 3. A session with 1,000 synthetic checkpoints: CheckpointTimeline.select over all of them.
 Run: `make bench` (or `python benchmarks/ui.py --iterations 5 --repeats 3`).
@@ -11,6 +12,7 @@ Run: `make bench` (or `python benchmarks/ui.py --iterations 5 --repeats 3`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import sys
 import tempfile
@@ -32,19 +34,23 @@ import mlwidgets as mw  # noqa: E402
 from mlwidgets.demo import DEMO_PARAMETERS  # noqa: E402
 from mlwidgets.ui import CheckpointTimeline, Studio, TrainingCharts  # noqa: E402
 
+RUNS = itertools.count(1)  # session directory numbers
 
-def training(data: mw.DataSource, params: mw.ModelParameters, work: Path, studio: bool):
-    runs = {"n": 0}
 
+def training(data: mw.DataSource, params: mw.ModelParameters, work: Path, studio: bool,
+             seconds: list[float]):
+    """One run: a new session (and a Studio on it); `seconds` gets start-to-finish time."""
     def run() -> None:
-        runs["n"] += 1
-        session = mw.TrainingSession.create(data, params, work / f"{studio}-{runs['n']}")
-        viewer = Studio(session) if studio else None
+        session = mw.TrainingSession.create(data, params, work / f"run-{next(RUNS)}")
+        viewer = Studio(session) if studio else None  # opening it is not training time
+        started = time.perf_counter()
         job = session.start()
         job.wait()
-        assert job.state == "completed", job.error
         if viewer is not None:
             viewer.dashboard.poll()  # what is left to show is part of the cost
+        seconds.append(time.perf_counter() - started)
+        assert job.state == "completed", job.error
+        if viewer is not None:
             viewer.close()
     return run
 
@@ -102,10 +108,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-ui-bench-"))
     try:
         # Both sides in background threads, as sessions train (see common.in_thread).
-        contenders = {"session alone": in_thread(training(data, params, work, False)),
-                      "session + Studio": in_thread(training(data, params, work, True))}
-        contenders["session alone"]()  # warm-up: imports, first-touch allocations
-        times = interleaved(contenders, args.repeats)
+        times: dict[str, list[float]] = {"session alone": [], "session + Studio": []}
+        warm_up: list[float] = []
+        in_thread(training(data, params, work, True, warm_up))()  # imports, first touches
+        contenders = {name: in_thread(training(data, params, work, "Studio" in name, seconds))
+                      for name, seconds in times.items()}
+        interleaved(contenders, args.repeats)  # each run records its own training time
         charts = chart_update_cost(args.reports, 20)
         scrub = scrub_cost(data, work, args.checkpoints)
     finally:

@@ -452,3 +452,11 @@ def test_fingerprint_changes_when_an_image_is_added_or_relabelled(tmp_path: Path
     moved = DataSource.labeled_directories(root).fingerprint()
 
     assert len({before, added, moved}) == 3
+
+
+def test_a_trusted_source_reads_no_image(tiny_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlwidgets import data as data_module
+
+    monkeypatch.setattr(data_module, "_check_all", lambda paths: pytest.fail("decoded"))
+    trusted = DataSource(tiny_data.items, origin="a session split", check=False)
+    assert trusted.items == tiny_data.items and trusted.classes == tiny_data.classes

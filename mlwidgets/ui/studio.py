@@ -71,7 +71,7 @@ class Studio(widgets.Tab):
         train, valid = session.split
         examples = valid or train
         origin = f"the validation images of {session.directory.name}"
-        self.evaluation.set_data(DataSource(examples, origin=origin))
+        self.evaluation.set_data(DataSource(examples, origin=origin, check=False))
         self.prediction.set_examples([item.path for item in _classes_in_turn(examples)])
         if session.checkpoints:
             self._show_timeline()
