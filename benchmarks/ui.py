@@ -6,7 +6,7 @@
    timed from start() until the job and the Studio are done.
 2. TrainingCharts.add_events for one report, with a history of a long run behind it.
 3. A session with 1,000 synthetic checkpoints: CheckpointTimeline.select over all of them.
-Run: `make bench` (or `python benchmarks/ui.py --iterations 5 --repeats 3`).
+Run: `make bench` (or `python benchmarks/ui.py --iterations 5 --repeats 8`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ RUNS = itertools.count(1)  # session directory numbers
 
 
 def training(data: mw.DataSource, params: mw.ModelParameters, work: Path, studio: bool,
-             seconds: list[float]):
-    """One run: a new session (and a Studio on it); `seconds` gets start-to-finish time."""
+             seconds: list[float], busy: list[float]):
+    """One run: a new session (and a Studio on it); `seconds` gets start-to-finish time,
+    `busy` the share of it the Studio's thread spent on the CPU."""
     def run() -> None:
         session = mw.TrainingSession.create(data, params, work / f"run-{next(RUNS)}")
         viewer = Studio(session) if studio else None  # opening it is not training time
@@ -51,6 +52,7 @@ def training(data: mw.DataSource, params: mw.ModelParameters, work: Path, studio
         seconds.append(time.perf_counter() - started)
         assert job.state == "completed", job.error
         if viewer is not None:
+            busy.append(viewer.dashboard.follower.busy_seconds / seconds[-1])
             viewer.close()
     return run
 
@@ -98,7 +100,7 @@ def scrub_cost(data: mw.DataSource, work: Path, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--checkpoints", type=int, default=1000)
     ap.add_argument("--reports", type=int, default=500)
     args = ap.parse_args()
@@ -109,9 +111,10 @@ def main() -> None:
     try:
         # Both sides in background threads, as sessions train (see common.in_thread).
         times: dict[str, list[float]] = {"session alone": [], "session + Studio": []}
-        warm_up: list[float] = []
-        in_thread(training(data, params, work, True, warm_up))()  # imports, first touches
-        contenders = {name: in_thread(training(data, params, work, "Studio" in name, seconds))
+        busy: list[float] = []
+        in_thread(training(data, params, work, True, [], []))()  # imports, first touches
+        contenders = {name: in_thread(training(data, params, work, "Studio" in name, seconds,
+                                               busy))
                       for name, seconds in times.items()}
         interleaved(contenders, args.repeats)  # each run records its own training time
         charts = chart_update_cost(args.reports, 20)
@@ -124,7 +127,9 @@ def main() -> None:
           f"{args.iterations} iterations, {args.repeats} interleaved runs each\n")
     print_timings(times)
     print(f"\nStudio attached / alone (best runs): {ratio:.3f}   target <= 1.03"
-          f"   (medians: {median_ratio:.3f})\n")
+          f"   (medians: {median_ratio:.3f})")
+    print(f"the Studio's own thread was on the CPU for {median(busy):.2%} of the training time"
+          f" (median)\n")
     print_table(["measure", "median ms", "max ms", "note"], [
         ["chart update, one report + 20 batches", charts["median_s"] * 1e3,
          charts["max_s"] * 1e3, f"{args.reports} reports, {charts['points']} points kept"],
@@ -134,6 +139,7 @@ def main() -> None:
     print_figures({"studio_ratio": round(ratio, 4), "studio_median_ratio": round(median_ratio, 4),
                    "alone_s": round(min(times["session alone"]), 3),
                    "studio_s": round(min(times["session + Studio"]), 3),
+                   "studio_cpu_share": round(median(busy), 5),
                    "chart_update_median_ms": round(charts["median_s"] * 1e3, 3),
                    "chart_update_max_ms": round(charts["max_s"] * 1e3, 3),
                    "scrub_median_ms": round(scrub["median_s"] * 1e3, 4),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class SessionFollower:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the polling thread and a caller may poll at once
+        self.busy_seconds = 0.0  # CPU time the polling thread spent reading and delivering
 
     def poll(self) -> list[Event]:
         """New events since the last poll: recorded ones from the file, plus live ones."""
@@ -77,12 +79,14 @@ class SessionFollower:
 
         def loop() -> None:
             while not self._stopping.wait(interval):
+                started = time.thread_time()
                 try:
                     events = self.poll()
                     if events:
                         deliver(events)
                 except Exception:  # a viewer's failure must not end the following
                     log.exception("delivering session events failed")
+                self.busy_seconds += time.thread_time() - started
 
         self._thread = threading.Thread(target=loop, name="mlwidgets-follower", daemon=True)
         self._thread.start()

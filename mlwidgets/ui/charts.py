@@ -61,6 +61,7 @@ class TrainingCharts(widgets.VBox):
                                              "color": COLOURS["checkpoint"]},
                                      yaxis="y", cliponaxis=False, hoverinfo="text"))
         self._markers = (self.loss.data[-1], self.accuracy.data[-1])
+        self._dirty: set[str] = set()  # lines (and "checkpoints") changed since the last draw
         self.redraws = 0
         super().__init__([self.loss, self.accuracy])
 
@@ -86,6 +87,7 @@ class TrainingCharts(widgets.VBox):
             elif kind == "checkpoint":
                 self.checkpoints.append({"step": e["step"], "iteration": e["iteration"],
                                          "id": e.get("id", ""), "phase": e.get("phase", "")})
+                self._dirty.add("checkpoints")
                 changed = True
         if changed and redraw:
             self.redraw()
@@ -99,18 +101,27 @@ class TrainingCharts(widgets.VBox):
                 ys.pop()
         xs.append(step)
         ys.append(value)
+        self._dirty.add(name)
 
-    def redraw(self) -> None:
-        """Draw the history (downsampled) in one message per chart."""
-        for fig in (self.loss, self.accuracy):
+    def redraw(self, everything: bool = False) -> None:
+        """Draw what changed (downsampled), in one message per chart that changed.
+
+        Sending only changed lines keeps the follower's work small while training runs.
+        """
+        dirty, self._dirty = set(_LINES) | {"checkpoints"} if everything else self._dirty, set()
+        for chart, fig, marker in (("loss", self.loss, self._markers[0]),
+                                   ("accuracy", self.accuracy, self._markers[1])):
+            lines = [n for n in dirty if n in _LINES and _LINES[n][0] == chart]
+            if not lines and "checkpoints" not in dirty:
+                continue
             with fig.batch_update():
-                for name, trace in self._traces.items():
-                    if _LINES[name][0] == ("loss" if fig is self.loss else "accuracy"):
-                        trace.x, trace.y = downsample(*self.history[name])
-                marker = self._markers[0 if fig is self.loss else 1]
-                marker.x = [c["step"] for c in self.checkpoints]
-                marker.y = [0] * len(self.checkpoints)
-                marker.hovertext = [f"{c['id']} · it {c['iteration']}" for c in self.checkpoints]
+                for name in lines:
+                    self._traces[name].x, self._traces[name].y = downsample(*self.history[name])
+                if "checkpoints" in dirty:
+                    marker.x = [c["step"] for c in self.checkpoints]
+                    marker.y = [0] * len(self.checkpoints)
+                    marker.hovertext = [f"{c['id']} · it {c['iteration']}"
+                                        for c in self.checkpoints]
         self.redraws += 1
 
     def clear(self) -> None:
@@ -118,4 +129,4 @@ class TrainingCharts(widgets.VBox):
             xs.clear()
             ys.clear()
         self.checkpoints.clear()
-        self.redraw()
+        self.redraw(everything=True)

@@ -39,11 +39,13 @@ class Studio(widgets.Tab):
         self.evaluation = EvaluationPanel()
         self.prediction = PredictionPanel()
         self._checkpoints_tab = widgets.VBox([widgets.HTML(message(
-            "Checkpoints appear here once training has committed one."))])
+            "Checkpoints appear here once training has started."))])
         super().__init__(children=[self.preview, self.dashboard, self._checkpoints_tab,
                                    self.evaluation, self.prediction], titles=TABS)
+        self._timeline_stale = False  # new checkpoints arrived while the tab was hidden
         self.dashboard.on_session(self._session_made)
         self.dashboard.on_events(self._events)
+        self.observe(lambda _change: self._refresh_timeline_if_shown(), "selected_index")
         if self.session is not None:
             self._session_made(self.session)
 
@@ -56,6 +58,8 @@ class Studio(widgets.Tab):
         if job is not None and not job.wait(timeout):
             return False
         self.dashboard.poll()
+        if self._timeline_stale:
+            self._refresh_timeline()
         return True
 
     def show(self, tab: str) -> None:
@@ -73,16 +77,24 @@ class Studio(widgets.Tab):
         origin = f"the validation images of {session.directory.name}"
         self.evaluation.set_data(DataSource(examples, origin=origin, check=False))
         self.prediction.set_examples([item.path for item in _classes_in_turn(examples)])
-        if session.checkpoints:
-            self._show_timeline()
+        # Built now, not when the first checkpoint arrives: its plotly figures take ~0.1 s,
+        # which would otherwise compete with the training thread.
+        self._show_timeline()
 
     def _events(self, events: list[dict[str, Any]]) -> None:
-        if not any(e["type"] == "checkpoint" for e in events):
-            return
-        if self.timeline is None:
-            self._show_timeline()
-        else:
-            self.timeline.refresh()
+        if self.timeline is not None and any(e["type"] == "checkpoint" for e in events):
+            # A hidden timeline catches up when shown: redrawing it for every checkpoint
+            # would compete with the training thread for nothing.
+            self._timeline_stale = True
+            self._refresh_timeline_if_shown()
+
+    def _refresh_timeline_if_shown(self) -> None:
+        if self._timeline_stale and self.selected_index == TABS.index("Checkpoints"):
+            self._refresh_timeline()
+
+    def _refresh_timeline(self) -> None:
+        self._timeline_stale = False
+        self.timeline.refresh()
 
     def _show_timeline(self) -> None:
         self.timeline = CheckpointTimeline(self.session)
