@@ -50,3 +50,15 @@ def test_a_studio_on_a_session_directory_shows_it_and_can_resume(trained_copy):
     assert studio.timeline.checkpoints[-1].iteration == 4
     assert studio.timeline.slider.max == len(session.checkpoints) - 1
     studio.close()
+
+
+def test_training_under_a_studio_prints_nothing(tiny_data, tmp_path, capfd):
+    """Output from the training or follower thread would land in whichever cell runs next."""
+    studio = Studio(tiny_data, TINY.replace(max_iterations=2), session_dir=tmp_path / "s",
+                    follow_interval=0.05)
+    capfd.readouterr()
+    studio.dashboard.start()
+    assert studio.wait(300) and studio.session.state == "completed"
+    studio.close()
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
