@@ -32,7 +32,6 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 warnings.filterwarnings("ignore", message=r"The 'mode\.chained_assignment' option is deprecated")
 
 
-
 def __getattr__(name: str):
     # `mw.Studio` and `mw.ui` load ipywidgets and plotly only when a notebook asks for them.
     if name in ("ui", "Studio"):
