@@ -14,7 +14,10 @@ from urllib.parse import urljoin
 from playwright.sync_api import Locator, Page, expect
 
 DATA = 'data = mw.datasets.shapes(images_per_class=30, classes=("circle", "square", "triangle"))'
-PARAMETERS = "mw.ModelParameters(image_size=32, max_iterations=6)"
+# Long enough that the chart is seen growing at the follower's pace (twice a second)
+# even when the decoded-image cache makes each iteration take a fraction of a second.
+ITERATIONS = 12
+PARAMETERS = f"mw.ModelParameters(image_size=48, max_iterations={ITERATIONS})"
 NEWCOMER = [
     "import mlwidgets as mw",
     DATA,
@@ -27,7 +30,7 @@ TRAINED = [
     "session.start().wait()",
     'studio = mw.Studio("dark-session")\nstudio',
 ]
-# Training 6 iterations on 2 cores takes about 10 s; exporting and verifying about 10 s.
+# Training on 2 cores takes about 10 s; exporting and verifying about 10 s.
 TRAINING_MS = 90_000
 EXPORT_MS = 60_000
 
@@ -93,27 +96,29 @@ def test_a_newcomer_trains_restores_exports_and_predicts(lab, page: Page, consol
     grew = page.wait_for_function(_GROWS_WHILE_RUNNING_JS, arg=train.element_handle(),
                                   polling=100, timeout=TRAINING_MS).json_value()
     assert grew[0] < grew[1], grew
-    expect(train.get_by_text(re.compile(r"^completed · done · iteration 6/6"))).to_be_visible(
+    expect(train.get_by_text(re.compile(
+        rf"^completed · done · iteration {ITERATIONS}/{ITERATIONS}"))).to_be_visible(
         timeout=TRAINING_MS)
     final = train.evaluate(_LOSS_AND_PROGRESS_JS)
     assert final["points"] > grew[-1] and final["paths"] >= 3, final
     expect(train.locator(".js-plotly-plot").nth(0).locator(".scatterlayer .point")).to_have_count(
-        6)  # one checkpoint marker per iteration
+        ITERATIONS)  # one checkpoint marker per iteration
     expect(button(train, "Train more")).to_be_enabled()
     screenshot(studio, "train")
 
     checkpoints = open_tab(studio, "Checkpoints")
     slider_row = checkpoints.locator(".widget-hbox").filter(has=page.locator(".widget-hslider"))
     label = slider_row.locator(".widget-html-content")
-    expect(label).to_have_text(re.compile(r"^it 6 · "))
+    expect(label).to_have_text(re.compile(rf"^it {ITERATIONS} · "))
     slider_row.locator(".noUi-handle").focus()
     page.keyboard.press("ArrowLeft")
-    expect(label).to_have_text(re.compile(r"^it 5 · "))
-    expect(checkpoints.get_by_text(re.compile(r"^\d+-training · training · iteration 5 · "))
-           ).to_be_visible()
+    before = ITERATIONS - 1
+    expect(label).to_have_text(re.compile(rf"^it {before} · "))
+    expect(checkpoints.get_by_text(re.compile(
+        rf"^\d+-training · training · iteration {before} · "))).to_be_visible()
     button(checkpoints, "Restore").click()
-    expect(checkpoints.get_by_text(re.compile(r"^Restored it 5 · .* into timeline\.classifier"))
-           ).to_be_visible(timeout=30_000)
+    expect(checkpoints.get_by_text(re.compile(
+        rf"^Restored it {before} · .* into timeline\.classifier"))).to_be_visible(timeout=30_000)
 
     checkpoints.locator(".jupyter-widget-Collapse-header", has_text="Export to Core ML").click()
     button(checkpoints, "Export to Core ML").click()
@@ -211,7 +216,8 @@ def test_the_studio_reads_well_in_the_dark_theme(lab, page: Page, console_errors
     expect(page.get_by_text("Loading widget")).to_have_count(0)
 
     train = open_tab(studio, "Train")
-    expect(train.get_by_text(re.compile(r"^completed · done · iteration 6/6"))).to_be_visible()
+    expect(train.get_by_text(re.compile(
+        rf"^completed · done · iteration {ITERATIONS}/{ITERATIONS}"))).to_be_visible()
     expect(train.locator(".js-plotly-plot .scatterlayer .trace path.js-line")).not_to_have_count(0)
     charts = train.evaluate(_CHART_COLOURS_JS)
     assert len(charts) == 2, charts
