@@ -85,7 +85,7 @@ class TrainingSession:
             iterations=iterations or parameters.max_iterations, keep_last=keep_last,
             keep_best=keep_best, best_metric=best_metric, image_cache_mb=image_cache_mb)
         directory = _new_session_dir(session_dir)
-        train, valid = _split(data, parameters)
+        train, valid = split_for(data, parameters)
         session_id = f"session-{uuid.uuid4().hex[:12]}"
         record = {
             "format": FORMAT, "id": session_id, "created_at": time.time(),
@@ -360,7 +360,8 @@ def _new_session_dir(session_dir: str | os.PathLike | None) -> Path:
     return directory
 
 
-def _split(data: DataSource, parameters: ModelParameters) -> tuple[list[Item], list[Item]]:
+def split_for(data: DataSource, parameters: ModelParameters) -> tuple[list[Item], list[Item]]:
+    """The training / validation split `TrainingSession.create` makes for `parameters`."""
     v = parameters.validation
     if isinstance(v, DataSource):
         unknown = sorted(set(v.classes) - set(data.classes))

@@ -12,9 +12,9 @@ from typing import Any
 import ipywidgets as widgets
 import traitlets
 
-from ..data import DataSource, Item, split_items
-from ..parameters import AUTO_VALIDATION, ModelParameters
-from ..session import TrainingSession
+from ..data import DataSource, Item
+from ..parameters import ModelParameters
+from ..session import TrainingSession, split_for
 from .common import (
     COLOURS,
     button,
@@ -219,7 +219,6 @@ def _split_of(source: DataSource | TrainingSession) -> tuple[list[Item], list[It
         train, valid = source.split
         return list(train), list(valid), "split"
     if len(source.items) <= AUTO_SPLIT_LIMIT:
-        # The split TrainingSession.create makes with the default parameters (validation="auto").
-        train, valid = split_items(source.items, AUTO_VALIDATION, ModelParameters().seed)
+        train, valid = split_for(source, ModelParameters())  # what a new session would make
         return train, valid, "automatic split"
     return list(source.items), [], ""
