@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_styles import OPENAI_METRICS
 from .files import (
     directory_committed_as,
     fsync_dir,
@@ -171,7 +172,8 @@ class Checkpoint:
                 "iteration": self.iteration, "step_number": self.step_number,
                 "created_at": self.created_at, "date": self.date.isoformat(), "url": self.url,
                 "metrics": dict(m), "confusion": self.confusion, "model": dict(self.model),
-                "files": dict(self.files),
+                "files": dict(self.files), "optimizer": dict(self.optimizer),
+                "path": str(self.path),
             }
         if style == "createml":
             return {
@@ -192,15 +194,11 @@ class Checkpoint:
                 "fine_tuned_model_checkpoint":
                     f"mlwidgets:{architecture}:{self.session_id}:ckpt-step-{self.step_number}",
                 "fine_tuning_job_id": self.session_id,
-                "metrics": {
-                    "step": self.step_number,
-                    "train_loss": m.get("train_loss"),
-                    "train_mean_token_accuracy": m.get("train_accuracy"),
-                    "valid_loss": m.get("batch_valid_loss"),
-                    "valid_mean_token_accuracy": m.get("batch_valid_accuracy"),
-                    "full_valid_loss": m.get("valid_loss"),
-                    "full_valid_mean_token_accuracy": m.get("valid_accuracy"),
-                },
+                # The object's metrics are optional numbers: one that does not exist (no
+                # validation data, say) is left out, never null.
+                "metrics": {"step": self.step_number, **{
+                    key: m[ours] for key, ours in OPENAI_METRICS.items()
+                    if m.get(ours) is not None}},
                 "step_number": self.step_number,
             }
         if style == "mistral":
@@ -213,6 +211,30 @@ class Checkpoint:
                 "created_at": int(self.created_at),
             }
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], style: str | None = None) -> Checkpoint:
+        """The checkpoint a `to_dict(style)` dictionary describes (Create ML's
+        `MLCheckpoint(from:)`); `style=None` recognises the style from the keys.
+
+        - native: exactly the checkpoint that wrote it, every field (optimizer record too).
+        - createml: phase, iteration, created_at (from `date`), path and id (from `url`),
+          metrics (`loss` → train_loss, `accuracy` → train_accuracy, `validationLoss` →
+          valid_loss, `validationAccuracy` → valid_accuracy); step_number from the id's
+          leading digits (the store names directories `<step>-<phase>`), session_id "".
+        - openai: id, created_at, step_number, session_id (`fine_tuning_job_id`), the
+          architecture (from `fine_tuned_model_checkpoint`), metrics (`valid_*` →
+          batch_valid_*, `full_valid_*` → valid_*, `*_mean_token_accuracy` → *_accuracy);
+          phase from the id's tail, iteration 0 (not carried), path ".".
+        - mistral: metrics (train_loss, valid_loss, `valid_mean_token_accuracy` →
+          valid_accuracy), step_number, created_at; id "", session_id "", phase "training",
+          iteration 0, path ".".
+        Files are carried by the native style only; a decoded foreign checkpoint describes
+        a moment of training but has no weights to load.
+        """
+        from .checkpoint_styles import decode
+
+        return decode(cls, d, style)
 
 
 def _createml_phase(phase: str) -> str:

@@ -40,6 +40,11 @@ class ClassifierMetrics:
 
     ``probabilities`` has one row per example and one column per class, in ``classes`` order;
     it is needed only by :meth:`top_losses`. ``sources`` (e.g. image paths) names each example.
+
+    Where metrics cannot be computed (a session without validation images, say), you get
+    metrics whose ``is_valid`` is False and whose ``error`` says why, as Create ML's
+    ``MLClassifierMetrics.isValid`` / ``error``; make them with :meth:`invalid`. Reading a
+    figure (``accuracy``, ``confusion``...) of invalid metrics raises ValueError with that error.
     """
 
     classes: tuple[str, ...]
@@ -47,8 +52,13 @@ class ClassifierMetrics:
     predicted: tuple[str, ...]
     probabilities: np.ndarray | None = None
     sources: tuple[str, ...] | None = None
+    error: str | None = None  # why these metrics could not be computed; None when valid
 
     def __post_init__(self) -> None:
+        if self.error is not None:  # invalid: nothing to check, nothing to compute
+            for name in ("classes", "labels", "predicted"):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+            return
         # Frozen, so normalise with object.__setattr__: tuples and a read-only array.
         for name in ("classes", "labels", "predicted", "sources"):
             if getattr(self, name) is not None:
@@ -77,8 +87,25 @@ class ClassifierMetrics:
             object.__setattr__(self, "probabilities", probabilities)
 
     def __repr__(self) -> str:
+        if self.error is not None:
+            return f"ClassifierMetrics(invalid: {self.error})"
         n, k = len(self.labels), len(self.classes)
         return f"ClassifierMetrics({n} examples, {k} classes, accuracy={self.accuracy:.4f})"
+
+    @classmethod
+    def invalid(cls, error: str, classes: Iterable[Any] = ()) -> ClassifierMetrics:
+        """Metrics that could not be computed, and why (``is_valid`` is False)."""
+        return cls(classes=tuple(str(c) for c in classes), labels=(), predicted=(),
+                   error=str(error))
+
+    @property
+    def is_valid(self) -> bool:
+        """True when the figures could be computed; otherwise ``error`` says why."""
+        return self.error is None
+
+    def _require_valid(self) -> None:
+        if self.error is not None:
+            raise ValueError(f"these metrics are not valid: {self.error}")
 
     @classmethod
     def from_predictions(
@@ -101,6 +128,7 @@ class ClassifierMetrics:
     @property
     def accuracy(self) -> float:
         """Fraction of examples whose prediction equals the label."""
+        self._require_valid()
         return float(np.mean(self._label_codes == self._predicted_codes))
 
     @property
@@ -110,6 +138,7 @@ class ClassifierMetrics:
 
     @cached_property
     def _matrix(self) -> np.ndarray:
+        self._require_valid()
         k = len(self.classes)
         flat = np.bincount(self._label_codes * k + self._predicted_codes, minlength=k * k)
         matrix = flat.reshape(k, k).astype(np.int64)
@@ -148,6 +177,7 @@ class ClassifierMetrics:
 
         The index is each example's position in ``labels``; ``source`` is None without sources.
         """
+        self._require_valid()
         if self.probabilities is None:
             raise ValueError("top_losses needs probabilities; pass them to from_predictions")
         if k < 0:
@@ -167,7 +197,9 @@ class ClassifierMetrics:
         return table.sort_values("loss", ascending=False, kind="stable").head(k)
 
     def summary(self) -> str:
-        """A few readable lines: accuracy, then the per-class table."""
+        """A few readable lines: accuracy, then the per-class table (or why there is none)."""
+        if self.error is not None:
+            return f"no metrics: {self.error}"
         n = len(self.labels)
         correct = int(np.sum(self._label_codes == self._predicted_codes))
         table = self.precision_recall.to_string(
@@ -180,6 +212,8 @@ class ClassifierMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python types only, so ``json.dumps`` works as is."""
+        if self.error is not None:
+            return {"is_valid": False, "error": self.error}
         # As object, support stays an int; otherwise each row would upcast it to float.
         per_class = self.precision_recall.astype({"support": object})
         return {

@@ -21,11 +21,20 @@ ALGORITHMS = ("transfer_learning", "fine_tune", "from_scratch")
 CLASSIFIERS = ("logistic_regression", "mlp")  # Create ML's ClassifierType
 
 
+# What `True` means for each strength: a moderate setting, the one `Augmentation.all()` uses.
+MODERATE_AUGMENTATION = {"rotation": 15.0, "crop": 0.15, "blur": 1.0, "exposure": 0.25,
+                         "noise": 0.03}
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """Create ML's six augmentations; each is a real random transform of training batches.
 
-    A zero/False value switches that augmentation off.
+    Each option takes a flag, as Create ML's `ImageAugmentationOptions` do, or a strength:
+    `True` switches it on at the moderate strength `Augmentation.all()` uses (rotation ±15°,
+    crop 0.15, blur sigma 1.0, exposure ±0.25, noise sigma 0.03); `False` or 0 switches it
+    off; a number >= 0 is the strength itself (units below). Anything else is refused.
+    Strengths are stored as floats, so `Augmentation(rotation=True).rotation == 15.0`.
     """
 
     flip: bool = False  # random horizontal flip
@@ -36,10 +45,17 @@ class Augmentation:
     noise: float = 0.0  # max std of added Gaussian noise (images are 0..1)
 
     def __post_init__(self) -> None:
-        for name in ("rotation", "crop", "blur", "exposure", "noise"):
+        if self.flip not in (True, False) or not isinstance(self.flip, (bool, int)):
+            raise ValueError(f"Augmentation.flip must be True or False, got {self.flip!r}")
+        object.__setattr__(self, "flip", bool(self.flip))
+        for name, moderate in MODERATE_AUGMENTATION.items():
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"Augmentation.{name} must be a number >= 0, got {value!r}")
+            if isinstance(value, bool):
+                value = moderate if value else 0.0
+            elif not isinstance(value, (int, float)) or not value >= 0:  # NaN fails too
+                raise ValueError(f"Augmentation.{name} must be True, False or a strength >= 0, "
+                                 f"got {value!r}")
+            object.__setattr__(self, name, float(value))
         if self.crop > 0.5:
             raise ValueError(f"Augmentation.crop must be at most 0.5, got {self.crop!r}")
         if self.exposure >= 1:
@@ -52,7 +68,7 @@ class Augmentation:
     @classmethod
     def all(cls) -> Augmentation:
         """A moderate setting of all six, a sensible start for small datasets."""
-        return cls(flip=True, rotation=15.0, crop=0.15, blur=1.0, exposure=0.25, noise=0.03)
+        return cls(flip=True, **MODERATE_AUGMENTATION)
 
 
 @dataclass(frozen=True)
@@ -60,8 +76,11 @@ class ModelParameters:
     """What to train and how.
 
     `validation` is "auto" (stratified 20% split with `seed`), a fraction in (0, 1),
-    "none", or a separate `DataSource` (stored as "data_source"; its items are kept in
-    the session's data.json).
+    "none" (or 0, which means the same), or a separate `DataSource` (stored as
+    "data_source"; its items are kept in the session's data.json). Any other number or
+    string is refused here, not later while splitting.
+
+    `max_iterations` defaults to 25, Create ML's default.
     """
 
     architecture: str = "small_cnn"
@@ -69,7 +88,7 @@ class ModelParameters:
     image_size: int = 64
     batch_size: int = 32
     learning_rate: float = 3e-3
-    max_iterations: int = 10
+    max_iterations: int = 25  # Create ML's default
     augmentation: Augmentation = field(default_factory=Augmentation)
     validation: Any = "auto"
     seed: int = 0
@@ -101,13 +120,7 @@ class ModelParameters:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if isinstance(self.augmentation, dict):
             object.__setattr__(self, "augmentation", Augmentation(**self.augmentation))
-        v = self.validation
-        if isinstance(v, float) and not 0 < v < 1:
-            raise ValueError(f"validation fraction must be between 0 and 1, got {v!r}")
-        if isinstance(v, str) and v not in VALIDATION_MODES:
-            raise ValueError(
-                f"validation must be one of {VALIDATION_MODES} or a fraction, got {v!r}"
-            )
+        object.__setattr__(self, "validation", _checked_validation(self.validation))
 
     def _default_algorithm(self) -> str:
         has_weights = self.pretrained or self.weights_file is not None
@@ -158,7 +171,38 @@ class ModelParameters:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model parameters: {', '.join(sorted(unknown))}")
+        if d.get("validation") == "data_source":  # the record's own marker restores
+            d = {**d, "validation": _SeparateValidation("data_source")}
         return cls(**d)
+
+
+class _SeparateValidation(str):
+    """The stored marker "data_source": validation came from a separate DataSource, whose
+    items live in the session's data.json. Only `from_dict` makes one; a user passes the
+    DataSource itself."""
+
+
+def _checked_validation(v: Any) -> Any:
+    """"auto", "none", 0 (none), a fraction in (0, 1), or a DataSource; else ValueError."""
+    if isinstance(v, _SeparateValidation):
+        return v
+    if isinstance(v, str):
+        if v in ("auto", "none"):
+            return v
+        hint = (" (pass the validation DataSource itself)" if v == "data_source" else "")
+        raise ValueError(f"validation must be 'auto', 'none', 0, a fraction in (0, 1) or a "
+                         f"DataSource, got {v!r}{hint}")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        if v == 0:
+            return "none"
+        if 0 < v < 1:
+            return float(v)
+        raise ValueError(f"validation fraction must be between 0 and 1 (exclusive), or 0 for "
+                         f"no validation, got {v!r}")
+    if hasattr(v, "items") and hasattr(v, "classes") and not isinstance(v, dict):
+        return v  # a DataSource (not imported here: parameters sits below data)
+    raise ValueError(f"validation must be 'auto', 'none', 0, a fraction in (0, 1) or a "
+                     f"DataSource, got {v!r}")
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
@@ -173,7 +217,7 @@ class SessionParameters:
     `iterations` is the session's total budget; None means `ModelParameters.max_iterations`.
     Retention: keep the last `keep_last` checkpoints and the best `keep_best` by `best_metric`;
     `keep_last=None` keeps everything (the default: nothing is ever deleted by surprise).
-    `image_cache_mb` bounds the decoded-image cache (see `data.make_dataloaders`).
+    `image_cache_mb` bounds the decoded-image cache (see `loaders.make_dataloaders`).
     """
 
     report_interval: int = 1
