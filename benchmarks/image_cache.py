@@ -36,9 +36,10 @@ from common import (  # noqa: E402
 )
 
 import mlwidgets as mw  # noqa: E402
-from mlwidgets.data import make_dataloaders, split_items  # noqa: E402
+from mlwidgets.data import split_items  # noqa: E402
 from mlwidgets.datasets import SHAPES_FILE_SIZE  # noqa: E402
 from mlwidgets.demo import DEMO_PARAMETERS  # noqa: E402
+from mlwidgets.loaders import make_dataloaders  # noqa: E402
 from mlwidgets.malloc import tune_for_training  # noqa: E402
 from mlwidgets.models import build_model  # noqa: E402
 

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import in_thread, interleaved, print_figures, print_timings, ratios  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
-from mlwidgets.data import make_dataloaders  # noqa: E402
 from mlwidgets.demo import DEMO_PARAMETERS  # noqa: E402
+from mlwidgets.loaders import make_dataloaders  # noqa: E402
 from mlwidgets.models import build_model  # noqa: E402
 
 

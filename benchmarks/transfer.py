@@ -27,8 +27,8 @@ from common import in_thread, print_figures, print_table  # noqa: E402
 from image_cache import demo_epochs  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
-from mlwidgets.data import ImageDataset, make_dataloaders  # noqa: E402
 from mlwidgets.datasets import SHAPES_FILE_SIZE, cache_dir  # noqa: E402
+from mlwidgets.loaders import ImageDataset, make_dataloaders  # noqa: E402
 from mlwidgets.models import Normalize, build_model  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .augment import augment_batch
-from .data import ImageDataset, Item
+from .data import Item
 from .files import (
     directory_committed_as,
     link_or_copy,
@@ -33,6 +33,7 @@ from .files import (
     sha256_bytes,
     write_bytes_durably,
 )
+from .loaders import ImageDataset
 from .models import split_features_and_classifier
 from .parameters import ModelParameters
 

@@ -4,7 +4,7 @@ Decoding a PNG or JPEG and resizing it costs far more than a small model's step 
 so a dataset that fits a memory budget is decoded once, in parallel threads (PIL releases
 the GIL), into one uint8 tensor (N, 3, S, S). A batch is then one `index_select` and one
 float conversion, with no per-item Python work. The values are exactly what
-`data.ImageDataset` gives for the same item.
+`loaders.ImageDataset` gives for the same item.
 
 Both loaders here are fastai `DataLoader`s, so a `Learner` uses them as it uses any
 other (len, iteration, `to(device)`, `one_batch`, `new`, `get_preds`). Shuffling draws

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import features as feats
 from .callbacks import AugmentBatch, CheckpointEvery, RelayMetrics, StopOnRequest
 from .checkpoints import BODY_FILE
-from .data import make_dataloaders
+from .loaders import make_dataloaders
 from .models import build_model, model_record, split_features_and_classifier
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mlwidgets.data import ImageDataset, Item, make_dataloaders, split_items
+from mlwidgets.data import Item, split_items
 from mlwidgets.image_cache import (
     DecodedDataLoader,
     DecodedImages,
@@ -21,6 +21,7 @@ from mlwidgets.image_cache import (
     default_cache_mb,
     fits_in_cache,
 )
+from mlwidgets.loaders import ImageDataset, make_dataloaders
 
 SIZE, BS = 24, 8  # 24 px: the 32 px images are really resized
 
