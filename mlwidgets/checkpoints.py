@@ -41,6 +41,8 @@ MODEL_FILE = "model.safetensors"
 # Frozen weights shared by many checkpoints (transfer learning): hard-linked, not copied.
 BODY_FILE = "body.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
+# A pause inside an iteration: RNG states and the iteration's data order (see resume.py).
+RESUME_FILE = "resume.safetensors"
 FORMAT = "mlwidgets.checkpoint/1"
 STYLES = ("native", "createml", "openai", "mistral")
 # Metrics where larger is better; every other metric (losses) is minimised.
@@ -70,6 +72,11 @@ class Checkpoint:
     # Validation confusion matrix (rows: true class, columns: predicted), so a viewer can show
     # it for any checkpoint without loading weights; None where nothing was validated.
     confusion: list[list[int]] | None = None
+    # A pause inside an iteration: `iteration` is the last finished one, and `resume` says
+    # where in the next one training stopped (see resume.py). Never "best", and not
+    # counted by retention's keep_last.
+    partial: bool = False
+    resume: dict[str, Any] | None = None
 
     @property
     def date(self) -> datetime:
@@ -105,6 +112,7 @@ class Checkpoint:
                 created_at=float(r["created_at"]), metrics=dict(r["metrics"]), path=path,
                 files=dict(r["files"]), model=dict(r.get("model", {})),
                 optimizer=dict(r.get("optimizer", {})), confusion=r.get("confusion"),
+                partial=bool(r.get("partial", False)), resume=r.get("resume"),
             )
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{record_path} is not a valid checkpoint record: {e}") from None
@@ -173,7 +181,7 @@ class Checkpoint:
                 "created_at": self.created_at, "date": self.date.isoformat(), "url": self.url,
                 "metrics": dict(m), "confusion": self.confusion, "model": dict(self.model),
                 "files": dict(self.files), "optimizer": dict(self.optimizer),
-                "path": str(self.path),
+                "path": str(self.path), "partial": self.partial, "resume": self.resume,
             }
         if style == "createml":
             return {
@@ -304,7 +312,8 @@ class CheckpointStore:
         raise KeyError(f"no checkpoint {checkpoint_id!r} in {self.directory} (latest: {known})")
 
     def best(self, metric: str = "valid_loss") -> Checkpoint:
-        scored = [c for c in self.all() if c.has_model and _finite(c.metrics.get(metric))]
+        scored = [c for c in self.all()
+                  if c.has_model and not c.partial and _finite(c.metrics.get(metric))]
         if not scored:
             raise ValueError(
                 f"no checkpoint in {self.directory} has a {metric!r} value"
@@ -325,7 +334,9 @@ class CheckpointStore:
                optimizer_state: dict[str, Any] | None = None,
                linked_files: dict[str, tuple[Path, dict[str, Any]]] | None = None,
                created_at: float | None = None,
-               confusion: list[list[int]] | None = None) -> Checkpoint:
+               confusion: list[list[int]] | None = None, partial: bool = False,
+               resume: dict[str, Any] | None = None,
+               resume_tensors: dict[str, Any] | None = None) -> Checkpoint:
         """Write a checkpoint into a temporary directory, fsync it, then rename it into place.
 
         `linked_files` maps a file name to (an existing file, its {sha256, size} record):
@@ -334,7 +345,7 @@ class CheckpointStore:
         """
         from safetensors.torch import save
 
-        name = self._unused_name(f"{step_number:06d}-{phase}")
+        name = self._unused_name(f"{step_number:06d}-{phase}" + ("-paused" if partial else ""))
         with directory_committed_as(self.directory / name) as tmp:
             files: dict[str, dict[str, Any]] = {}
             optimizer_record: dict[str, Any] = {}
@@ -344,6 +355,8 @@ class CheckpointStore:
             if optimizer_state is not None:
                 tensors, optimizer_record = _split_optimizer_state(optimizer_state)
                 blobs[OPTIMIZER_FILE] = save(tensors)
+            if resume_tensors is not None:
+                blobs[RESUME_FILE] = save(_contiguous(resume_tensors))
             for file_name, data in blobs.items():
                 write_bytes_durably(tmp / file_name, data)
                 files[file_name] = {"sha256": sha256_bytes(data), "size": len(data)}
@@ -357,6 +370,8 @@ class CheckpointStore:
                 "metrics": metrics, "model": model or {}, "optimizer": optimizer_record,
                 "files": files, "confusion": confusion,
             }
+            if partial:
+                record.update(partial=True, resume=resume)
             write_bytes_durably(tmp / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
         checkpoint = Checkpoint.from_directory(self.directory / name)
         self._cache[name] = checkpoint
@@ -388,8 +403,9 @@ class CheckpointStore:
         if keep_last is None:
             return []
         found = self.all()
-        keep = {c.id for c in found[-max(keep_last, 1):]}
-        scored = [c for c in found if _finite(c.metrics.get(metric))]
+        whole = [c for c in found if not c.partial]  # pause checkpoints are not counted
+        keep = {c.id for c in whole[-max(keep_last, 1):]} | {c.id for c in found if c.partial}
+        scored = [c for c in whole if _finite(c.metrics.get(metric))]
         reverse = metric in HIGHER_IS_BETTER
         scored.sort(key=lambda c: c.metrics[metric], reverse=reverse)
         keep |= {c.id for c in scored[:keep_best]}
