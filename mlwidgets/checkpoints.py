@@ -7,12 +7,14 @@ checkpoints/000160-training/
     optimizer.safetensors  optimizer tensors (hyper-parameters live in checkpoint.json)
 ```
 No pickle on the load path: tensors come from safetensors, everything else from JSON,
-and every file's sha256 and size are checked before it is used.
+and every file's sha256 and size are checked before it is used. checkpoint.json ends with
+the digest of its own bytes (see schemas.py), so a change to any byte of a checkpoint is
+reported as "checkpoint X is damaged: ..." naming the file. Files are read only from
+inside the checkpoint's folder, never through a symlink (see files.py).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,15 +26,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import schemas
 from .checkpoint_styles import OPENAI_METRICS
+from .errors import CheckpointError, MlwidgetsError
 from .files import (
     directory_committed_as,
     fsync_dir,
     link_or_copy,
-    read_json,
+    read_confined,
     sha256_bytes,
     write_bytes_durably,
 )
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointStore", "metric_is_better"]
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +49,26 @@ BODY_FILE = "body.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 # A pause inside an iteration: RNG states and the iteration's data order (see resume.py).
 RESUME_FILE = "resume.safetensors"
-FORMAT = "mlwidgets.checkpoint/1"
+FORMAT = schemas.CHECKPOINT_FORMAT
 STYLES = ("native", "createml", "openai", "mistral")
 # Metrics where larger is better; every other metric (losses) is minimised.
 HIGHER_IS_BETTER = ("train_accuracy", "valid_accuracy", "batch_valid_accuracy")
 _TEMP_PREFIXES = (".tmp-", ".trash-")
 
+_USE_ANOTHER = "use another checkpoint"
 
-class CheckpointError(Exception):
-    """A checkpoint file is missing, corrupted or tampered with (the message names it)."""
+
+def _damaged(checkpoint_id: str, e: MlwidgetsError | OSError, where: Any = None
+             ) -> CheckpointError:
+    """One error for every way a checkpoint can be unusable, naming the checkpoint and file."""
+    if isinstance(e, MlwidgetsError):
+        what, where = e.what, e.where if e.where is not None else where
+    else:
+        what = "missing" if isinstance(e, FileNotFoundError) else (
+            e.strerror or type(e).__name__)
+        where = e.filename if e.filename is not None else where
+    return CheckpointError(f"checkpoint {checkpoint_id} is damaged: {what}", where,
+                           _USE_ANOTHER)
 
 
 @dataclass(frozen=True)
@@ -98,40 +115,47 @@ class Checkpoint:
 
     @classmethod
     def from_directory(cls, path: str | os.PathLike) -> Checkpoint:
+        """The checkpoint in folder `path`; CheckpointError names the file when it is
+        missing, damaged, unsafe (a symlink, a FIFO...) or out of bounds."""
         path = Path(path)
         record_path = path / RECORD_FILE
-        if not record_path.is_file():
-            raise CheckpointError(f"{record_path} is missing: {path} is not a checkpoint")
+        if not path.is_dir():
+            raise CheckpointError("no such checkpoint folder", path,
+                                  "choose a folder under <session>/checkpoints/")
         try:
-            r = read_json(record_path)
-            if r.get("format") != FORMAT:
-                raise ValueError(f"unknown format {r.get('format')!r}")
-            return cls(
-                id=path.name, session_id=r["session_id"], phase=r["phase"],
-                iteration=int(r["iteration"]), step_number=int(r["step_number"]),
-                created_at=float(r["created_at"]), metrics=dict(r["metrics"]), path=path,
-                files=dict(r["files"]), model=dict(r.get("model", {})),
-                optimizer=dict(r.get("optimizer", {})), confusion=r.get("confusion"),
-                partial=bool(r.get("partial", False)), resume=r.get("resume"),
-            )
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{record_path} is not a valid checkpoint record: {e}") from None
+            data = read_confined(path, RECORD_FILE,
+                                 max_size=schemas.MAX_CHECKPOINT_RECORD_BYTES)
+            r = schemas.load_checkpoint_record(data, record_path, CheckpointError)
+        except (MlwidgetsError, OSError) as e:
+            raise _damaged(path.name, e, record_path) from None
+        return cls(
+            id=path.name, session_id=r["session_id"], phase=r["phase"],
+            iteration=r["iteration"], step_number=r["step_number"],
+            created_at=float(r["created_at"]), metrics=dict(r["metrics"]), path=path,
+            files=dict(r["files"]), model=dict(r.get("model") or {}),
+            optimizer=dict(r.get("optimizer") or {}), confusion=r.get("confusion"),
+            partial=bool(r.get("partial", False)), resume=r.get("resume"),
+        )
 
     def read_verified(self, name: str) -> bytes:
-        """The bytes of one file, after checking its size and sha256 against the record."""
+        """The bytes of one file, after checking its size and sha256 against the record.
+
+        Only a regular file directly in the checkpoint's folder is read (no symlink, FIFO,
+        device or path), and only when its size is the recorded one."""
         path = self.path / name
         expected = self.files.get(name)
         if expected is None:
-            raise CheckpointError(f"{path}: this checkpoint records no file {name!r}")
+            raise CheckpointError(f"checkpoint {self.id} records no file {name!r}", path,
+                                  _USE_ANOTHER)
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise CheckpointError(f"{path} is missing") from None
-        if len(data) != expected["size"] or sha256_bytes(data) != expected["sha256"]:
+            data = read_confined(self.path, name, max_size=schemas.MAX_TENSOR_FILE_BYTES,
+                                 expected_size=expected["size"])
+        except (MlwidgetsError, OSError) as e:
+            raise _damaged(self.id, e, path) from None
+        if sha256_bytes(data) != expected["sha256"]:
             raise CheckpointError(
-                f"{path} is corrupted or was modified: its size or sha256 does not match "
-                f"{self.path / RECORD_FILE}. Use another checkpoint."
-            )
+                f"checkpoint {self.id} is damaged: the file's sha256 does not match its "
+                f"{RECORD_FILE}", path, _USE_ANOTHER)
         return data
 
     def verify(self) -> None:
@@ -139,35 +163,74 @@ class Checkpoint:
         for name in self.files:
             self.read_verified(name)
 
+    def tensor_shapes(self, name: str = MODEL_FILE) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """{tensor name: (dtype, shape)} from a verified file's header, without its data."""
+        data = self.read_verified(name)
+        try:
+            return _safetensors_header(data)
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {self.id} is damaged: not a valid safetensors "
+                                  f"file ({e})", self.path / name, _USE_ANOTHER) from None
+
     def load_tensors(self, name: str = MODEL_FILE) -> dict[str, Any]:
         from safetensors.torch import load
 
-        return load(self.read_verified(name))
+        data = self.read_verified(name)
+        try:
+            _safetensors_header(data)
+            return load(data)
+        except Exception as e:  # safetensors' own errors name no file
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint {self.id} is damaged: not a valid safetensors "
+                                  f"file ({reason})", self.path / name, _USE_ANOTHER) from None
 
-    def load_model_state(self) -> dict[str, Any]:
-        """The whole network's weights: model.safetensors, plus body.safetensors if any."""
+    def load_model_state(self, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The whole network's weights: model.safetensors, plus body.safetensors if any.
+
+        `expected` (a skeleton's state dict) is checked first: the same tensor names and
+        shapes, or CheckpointError naming the file, before any weight is loaded."""
         if not self.has_model:
             raise CheckpointError(
-                f"checkpoint {self.id} ({self.path}) holds no trained classifier "
-                f"(phase {self.phase!r}); choose a checkpoint from a training phase"
-            )
-        state = self.load_tensors(MODEL_FILE)
-        if BODY_FILE in self.files:
-            state.update(self.load_tensors(BODY_FILE))
+                f"checkpoint {self.id} holds no trained classifier (phase {self.phase!r})",
+                self.path, "choose a checkpoint from a training phase")
+        names = [MODEL_FILE, *([BODY_FILE] if BODY_FILE in self.files else [])]
+        if expected is not None:
+            shapes: dict[str, tuple[int, ...]] = {}
+            for name in names:
+                shapes.update({k: shape for k, (_, shape) in self.tensor_shapes(name).items()})
+            _require_shapes(self, shapes, expected)
+        state: dict[str, Any] = {}
+        for name in names:
+            state.update(self.load_tensors(name))
         return state
 
-    def load_optimizer_state(self) -> dict[str, Any] | None:
-        """fastai's optimizer state dict (`{'state': [...], 'hypers': [...]}`), or None."""
+    def load_optimizer_state(self, n_params: int | None = None) -> dict[str, Any] | None:
+        """fastai's optimizer state dict (`{'state': [...], 'hypers': [...]}`), or None.
+
+        `n_params`, when given, is the optimizer's parameter count the record must match."""
         if OPTIMIZER_FILE not in self.files:
             return None
+        where = self.path / RECORD_FILE
+        count = self.optimizer.get("n_params", 0)
+        if n_params is not None and count != n_params:
+            raise CheckpointError(f"checkpoint {self.id} is damaged: its optimizer has "
+                                  f"{count} parameters, the network {n_params}", where,
+                                  _USE_ANOTHER)
         tensors = self.load_tensors(OPTIMIZER_FILE)
-        states: list[dict[str, Any]] = [{} for _ in range(self.optimizer["n_params"])]
+        states: list[dict[str, Any]] = [{} for _ in range(count)]
         for key, tensor in tensors.items():
-            index, name = key.split(".", 1)
+            index, _, name = key.partition(".")
+            if not index.isdigit() or int(index) >= count or not name:
+                raise CheckpointError(f"checkpoint {self.id} is damaged: optimizer tensor "
+                                      f"{key[:80]!r} names no parameter",
+                                      self.path / OPTIMIZER_FILE, _USE_ANOTHER)
             states[int(index)][name] = tensor
-        for index, scalars in self.optimizer["scalars"].items():
+        for index, scalars in self.optimizer.get("scalars", {}).items():
+            if int(index) >= count:
+                raise CheckpointError(f"checkpoint {self.id} is damaged: optimizer scalars "
+                                      f"for parameter {index} of {count}", where, _USE_ANOTHER)
             states[int(index)].update(scalars)
-        return {"state": states, "hypers": self.optimizer["hypers"]}
+        return {"state": states, "hypers": self.optimizer.get("hypers", [])}
 
     # -- the public shapes ---------------------------------------------------------
 
@@ -271,6 +334,8 @@ class CheckpointStore:
         self.directory = Path(directory)
         self.session_id = session_id
         self._cache: dict[str, Checkpoint] = {}
+        # Checkpoints that cannot be used, by id: listed as damaged, never silently hidden.
+        self.damaged: dict[str, CheckpointError] = {}
 
     def open_for_writing(self) -> None:
         """Create the directory and remove what interrupted commits left. Writer only."""
@@ -283,19 +348,44 @@ class CheckpointStore:
     # -- listing ---------------------------------------------------------------------
 
     def all(self) -> list[Checkpoint]:
-        """Every valid checkpoint, in time order. Broken directories are skipped with a warning."""
+        """Every usable checkpoint, in time order. The others are in `damaged`, by id, with
+        the reason (a warning is logged once for each)."""
+        if os.path.islink(self.directory):
+            raise CheckpointError("the checkpoints folder is a symlink", self.directory,
+                                  "sessions must hold their own files; nothing is followed "
+                                  "out of them")
         if not self.directory.is_dir():
             return []
-        names = {e.name for e in os.scandir(self.directory)
-                 if e.is_dir() and not e.name.startswith(_TEMP_PREFIXES)}
+        names: set[str] = set()
+        links: set[str] = set()
+        with os.scandir(self.directory) as entries:
+            for e in entries:
+                if e.name.startswith(_TEMP_PREFIXES):
+                    continue
+                if e.is_symlink():
+                    links.add(e.name)
+                elif e.is_dir(follow_symlinks=False):
+                    names.add(e.name)
         for gone in set(self._cache) - names:
             del self._cache[gone]
+        for gone in set(self.damaged) - names - links:
+            del self.damaged[gone]
+        for name in sorted(links - set(self.damaged)):
+            self._mark_damaged(name, CheckpointError(
+                f"checkpoint {name} is damaged: its folder is a symlink",
+                self.directory / name, _USE_ANOTHER))
         for name in sorted(names - set(self._cache)):
             try:
                 self._cache[name] = Checkpoint.from_directory(self.directory / name)
+                self.damaged.pop(name, None)
             except CheckpointError as e:
-                log.warning("skipping %s: %s", name, e)
+                self._mark_damaged(name, e)
         return sorted(self._cache.values(), key=lambda c: (c.step_number, c.created_at, c.id))
+
+    def _mark_damaged(self, name: str, error: CheckpointError) -> None:
+        if str(self.damaged.get(name)) != str(error):
+            log.warning("%s", error)
+        self.damaged[name] = error
 
     def __len__(self) -> int:
         return len(self.all())
@@ -305,9 +395,13 @@ class CheckpointStore:
         return found[-1] if found else None
 
     def get(self, checkpoint_id: str) -> Checkpoint:
+        """The checkpoint `checkpoint_id`; CheckpointError when it is damaged, KeyError
+        when there is none."""
         for c in self.all():
             if c.id == checkpoint_id:
                 return c
+        if checkpoint_id in self.damaged:
+            raise self.damaged[checkpoint_id]
         known = ", ".join(c.id for c in self.all()[-5:]) or "none"
         raise KeyError(f"no checkpoint {checkpoint_id!r} in {self.directory} (latest: {known})")
 
@@ -372,7 +466,7 @@ class CheckpointStore:
             }
             if partial:
                 record.update(partial=True, resume=resume)
-            write_bytes_durably(tmp / RECORD_FILE, (json.dumps(record, indent=2) + "\n").encode())
+            write_bytes_durably(tmp / RECORD_FILE, schemas.encode_record(record))
         checkpoint = Checkpoint.from_directory(self.directory / name)
         self._cache[name] = checkpoint
         return checkpoint
@@ -435,3 +529,52 @@ def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[
     record = {"n_params": len(state["state"]), "scalars": scalars,
               "hypers": [dict(h) for h in state["hypers"]]}
     return _contiguous(tensors), record
+
+
+def _safetensors_header(data: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (dtype, shape)} from a safetensors file's header, checked for bounds: every
+    tensor lies inside the file, so nothing larger than the file is ever allocated."""
+    if len(data) < 8:
+        raise ValueError("shorter than its header")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(len(data) - 8, schemas.MAX_SAFETENSORS_HEADER_BYTES):
+        raise ValueError(f"its header claims {size} bytes")
+    header = schemas.parse_json(data[8:8 + size], "safetensors header", CheckpointError)
+    if not isinstance(header, dict):
+        raise ValueError("its header is not an object")
+    body = len(data) - 8 - size
+    found: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not (isinstance(dtype, str) and all(isinstance(n, int) and n >= 0
+                                                   for n in (*shape, begin, end))):
+                raise TypeError
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"tensor {name[:80]!r} is described wrongly") from None
+        if not begin <= end <= body or math.prod(shape) > end - begin:
+            raise ValueError(f"tensor {name[:80]!r} lies outside the file")
+        found[name] = (dtype, tuple(shape))
+    return found
+
+
+def _require_shapes(checkpoint: Checkpoint, found: dict[str, tuple[int, ...]],
+                    expected: dict[str, Any]) -> None:
+    """The tensors of a checkpoint against a skeleton's state dict: same names and shapes."""
+    want = {k: tuple(v.shape) for k, v in expected.items()}
+    missing = sorted(set(want) - set(found))
+    unexpected = sorted(set(found) - set(want))
+    wrong = sorted(k for k in set(want) & set(found) if want[k] != found[k])
+    if missing or unexpected or wrong:
+        first = (f"no tensor {missing[0]!r}" if missing else
+                 f"an unexpected tensor {unexpected[0][:80]!r}" if unexpected else
+                 f"tensor {wrong[0]!r} has shape {list(found[wrong[0]])}, "
+                 f"not {list(want[wrong[0]])}")
+        count = len(missing) + len(unexpected) + len(wrong)
+        raise CheckpointError(
+            f"checkpoint {checkpoint.id} does not match its architecture "
+            f"{checkpoint.model.get('architecture')!r}: {first}"
+            + (f" (and {count - 1} more)" if count > 1 else ""),
+            checkpoint.path / MODEL_FILE, _USE_ANOTHER)

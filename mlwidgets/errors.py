@@ -1,0 +1,76 @@
+"""The library's typed errors. Each names the file or value it is about.
+
+`str(error)` reads `<what> (<file or value>): <what to do>`, the line the CLI prints after
+"error: ". They subclass ValueError (or FileNotFoundError), so code that caught those keeps
+working.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+class MlwidgetsError(Exception):
+    """A failure the user can act on: `what` went wrong, `where` (a file or value), `hint`."""
+
+    def __init__(self, what: str, where: Any = None, hint: str = ""):
+        self.what = what
+        self.where = None if where is None else printable(where)
+        self.hint = hint
+        super().__init__(what)
+
+    def __str__(self) -> str:
+        text = self.what
+        if self.where is not None:
+            text += f" ({self.where})"
+        if self.hint:
+            text += f": {self.hint}"
+        return text
+
+
+class CheckpointError(MlwidgetsError, ValueError):
+    """A checkpoint file is missing, damaged, tampered with or unsafe (the message names it)."""
+
+
+class SessionError(MlwidgetsError, ValueError):
+    """A session's own files (session.json, data.json, events.jsonl...) are unusable."""
+
+
+class SessionNotFoundError(SessionError, FileNotFoundError):
+    """The folder is not a training session."""
+
+
+class DataError(MlwidgetsError, ValueError):
+    """Images or data folders that cannot be used (the message names the file or folder)."""
+
+
+class UnsafeFileError(MlwidgetsError, ValueError):
+    """A name or file inside a session that could lead a read or write elsewhere
+    (a symlink, a special file, `..`, an absolute name) or is larger than allowed."""
+
+
+class LimitError(MlwidgetsError, ValueError):
+    """A size or count from a file or an argument is beyond the documented limits."""
+
+
+def printable(value: Any) -> str:
+    """`value` as text that any terminal can print: undecodable bytes of file names become
+    backslash escapes instead of crashing a strict UTF-8 (or ASCII) stream."""
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "backslashreplace")
+    elif isinstance(value, os.PathLike):
+        text = os.fspath(value)
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "backslashreplace")
+    else:
+        text = str(value)
+    try:  # surrogates stand for bytes that were not UTF-8 in a file name (PEP 383)
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate from elsewhere (a JSON escape, say)
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    # Control characters would break the one error line or drive the terminal.
+    return text.translate(_CONTROLS)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
