@@ -14,11 +14,12 @@ from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from .classifier import ImageClassifier, Prediction
 from .coreml import ModelMetadata
 from .data import DataSource
+from .events import Progress, RunState
 from .job import Job
 from .metrics import ClassifierMetrics
 from .models import PretrainedWeightsUnavailable
 from .parameters import Augmentation, ModelParameters, SessionParameters
-from .session import Progress, TrainingSession
+from .session import TrainingSession
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,6 @@ def __getattr__(name: str):
 __all__ = [
     "Augmentation", "Checkpoint", "CheckpointError", "CheckpointStore", "ClassifierMetrics",
     "DataSource", "ImageClassifier", "Job", "ModelMetadata", "ModelParameters", "Prediction",
-    "PretrainedWeightsUnavailable", "Progress",
+    "PretrainedWeightsUnavailable", "Progress", "RunState",
     "SessionParameters", "Studio", "TrainingSession", "datasets", "ui", "__version__",
 ]

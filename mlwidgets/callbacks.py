@@ -13,6 +13,7 @@ from fastai.callback.core import Callback, CancelFitException
 
 from .augment import augment_batch
 from .parameters import Augmentation
+from .resume import PausePoint, RngStates, iteration_seed, seed_everything
 
 
 class AugmentBatch(Callback):
@@ -28,6 +29,54 @@ class AugmentBatch(Callback):
             self.learn.xb = (augment_batch(self.xb[0], self.augmentation),)
 
 
+class SeedIterations(Callback):
+    """Seed torch, NumPy and Python at the start of every iteration, from the session's
+    seed, the phase and the iteration number, so an iteration's data order and
+    augmentations never depend on what ran before it (see resume.py)."""
+
+    order = -50  # before anything draws a random number in the iteration
+
+    def __init__(self, seed: int, phase: str):
+        self.seed, self.phase = seed, phase
+
+    def before_epoch(self) -> None:
+        seed_everything(iteration_seed(self.seed, self.phase, self.epoch))
+
+
+class ResumeInsideIteration(Callback):
+    """Continue an iteration a pause cut short: skip its trained batches in the same data
+    order, put the one-cycle schedule where it was, and restore the RNG states."""
+
+    order = -5  # after TrainEvalCallback sets pct_train, before AugmentBatch draws
+
+    def __init__(self, point: PausePoint):
+        self.point = point
+        self.pending_rng = False
+
+    def before_train(self) -> None:
+        p = self.point
+        if self.epoch != p.iteration:
+            return
+        # fastai's own arithmetic, repeated: pct_train grows by one step per batch.
+        step = 1.0 / (p.batches * self.n_epoch)
+        for _ in range(p.batch):
+            self.learn.pct_train += step
+        if p.order is not None:
+            self.dls.train.resume_at = (p.order, p.batch)
+        self.pending_rng = True
+
+    def before_batch(self) -> None:
+        self._restore_rng()
+
+    def before_validate(self) -> None:
+        self._restore_rng()  # a pause after the last batch: no batch restored them
+
+    def _restore_rng(self) -> None:
+        if self.pending_rng:
+            self.pending_rng = False
+            self.point.rng.restore()
+
+
 class RelayMetrics(Callback):
     """Measure loss and accuracy per iteration; stream batch losses; hand both to the sink."""
 
@@ -37,52 +86,32 @@ class RelayMetrics(Callback):
         self.sink = sink
 
     def before_train(self) -> None:
-        self.train_totals = _Totals()
-        self.sink.iteration_started(self.epoch)
+        self.train_totals = self.sink.iteration_started(self.epoch)
 
     def before_validate(self) -> None:
-        self.valid_totals = _Totals()
-        self.valid_counts: torch.Tensor | None = None  # confusion counts, flattened
+        self.valid = ValidationTally()
 
     def after_batch(self) -> None:
         y = self.yb[0]
-        loss, correct = float(self.loss.detach()), int((self.pred.argmax(dim=1) == y).sum())
         if self.training:
-            self.train_totals.add(loss, correct, len(y))
+            loss = float(self.loss.detach())
+            self.train_totals.add(loss, int((self.pred.argmax(dim=1) == y).sum()), len(y))
             self.sink.batch_done(loss)
         else:
-            self.valid_totals.add(loss, correct, len(y))
-            n = self.n_classes = self.pred.shape[1]
-            counts = torch.bincount(y * n + self.pred.argmax(dim=1), minlength=n * n)
-            self.valid_counts = counts if self.valid_counts is None else self.valid_counts + counts
+            self.valid.add(self.pred, y, float(self.loss.detach()))
 
     def after_epoch(self) -> None:
         if self.in_iteration:
-            self.sink.iteration_done(self.epoch + 1, self.metrics(), self.confusion())
-        self.train_totals = None
+            valid = getattr(self, "valid", None) or ValidationTally()
+            self.sink.iteration_done(self.epoch + 1, metrics_of(self.train_totals, valid),
+                                     valid.confusion())
+        self.train_totals, self.valid = None, None
 
     @property
     def in_iteration(self) -> bool:
         """True between the first training batch of an iteration and its end."""
         totals = getattr(self, "train_totals", None)
         return totals is not None and totals.count > 0
-
-    def confusion(self) -> list[list[int]] | None:
-        """The validation confusion matrix (rows: true class, columns: predicted)."""
-        counts = getattr(self, "valid_counts", None)
-        if counts is None:
-            return None
-        return counts.view(self.n_classes, self.n_classes).tolist()
-
-    def metrics(self) -> dict[str, float | None]:
-        """train_* over the iteration's batches; valid_* over the whole validation set."""
-        valid = getattr(self, "valid_totals", None) or _Totals()
-        return {
-            "train_loss": self.train_totals.mean_loss,
-            "train_accuracy": self.train_totals.accuracy,
-            "valid_loss": valid.mean_loss, "valid_accuracy": valid.accuracy,
-            "batch_valid_loss": valid.last_loss, "batch_valid_accuracy": valid.last_accuracy,
-        }
 
 
 class CheckpointEvery(Callback):
@@ -105,27 +134,83 @@ class CheckpointEvery(Callback):
 
 
 class StopOnRequest(Callback):
-    """End training at the next batch or iteration boundary once the sink asks to stop."""
+    """End training after the batch where the sink asks to stop (or before an iteration)."""
 
-    order = 0
+    order = 90  # after RelayMetrics has counted the batch that was just trained
 
     def __init__(self, sink: Any):
         self.sink = sink
 
     def before_train(self) -> None:
-        if self.sink.stop_requested:
+        if self.sink.should_stop():
             raise CancelFitException
 
     def after_batch(self) -> None:
-        if self.training and self.sink.stop_requested:
+        if self.training and self.sink.should_stop():
+            self.sink.stopping_after_batch()
             raise CancelFitException
 
 
-class _Totals:
+class ValidationTally:
+    """Loss, accuracy and the confusion counts over validation batches."""
+
     def __init__(self) -> None:
-        self.loss_sum, self.correct, self.count = 0.0, 0, 0
+        self.totals = Totals()
+        self.counts: torch.Tensor | None = None  # confusion counts, flattened
+        self.n_classes = 0
+
+    def add(self, pred: torch.Tensor, y: torch.Tensor, mean_loss: float) -> None:
+        predicted = pred.argmax(dim=1)
+        self.totals.add(mean_loss, int((predicted == y).sum()), len(y))
+        n = self.n_classes = pred.shape[1]
+        counts = torch.bincount(y * n + predicted, minlength=n * n)
+        self.counts = counts if self.counts is None else self.counts + counts
+
+    def confusion(self) -> list[list[int]] | None:
+        """The confusion matrix (rows: true class, columns: predicted), if anything was seen."""
+        if self.counts is None:
+            return None
+        return self.counts.view(self.n_classes, self.n_classes).tolist()
+
+
+def measure(model: torch.nn.Module, loader: Any, loss_func: Any) -> ValidationTally:
+    """Validate `model` on `loader` outside fastai's loop (which would end the iteration in
+    every callback), leaving every RNG as it was."""
+    rng = RngStates.capture()
+    was_training = model.training
+    model.eval()
+    tally = ValidationTally()
+    try:
+        with torch.no_grad():
+            for x, y in loader:
+                pred = model(x)
+                tally.add(pred, y, float(loss_func(pred, y)))
+    finally:
+        model.train(was_training)
+        rng.restore()
+    return tally
+
+
+def metrics_of(train: Totals, valid: ValidationTally) -> dict[str, float | None]:
+    """train_* over the iteration's batches; valid_* over the whole validation set."""
+    v = valid.totals
+    return {
+        "train_loss": train.mean_loss, "train_accuracy": train.accuracy,
+        "valid_loss": v.mean_loss, "valid_accuracy": v.accuracy,
+        "batch_valid_loss": v.last_loss, "batch_valid_accuracy": v.last_accuracy,
+    }
+
+
+class Totals:
+    """Running sums over an iteration's batches (kept in a pause checkpoint)."""
+
+    def __init__(self, loss_sum: float = 0.0, correct: int = 0, count: int = 0) -> None:
+        self.loss_sum, self.correct, self.count = loss_sum, correct, count
         self.last_loss: float | None = None
         self.last_accuracy: float | None = None
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "count": self.count}
 
     def add(self, mean_loss: float, correct: int, n: int) -> None:
         self.loss_sum += mean_loss * n

@@ -153,8 +153,20 @@ class SeededDataLoader(DataLoader):
     `set_seed` just before `fit` does not reach.
     """
 
+    # A pause inside an iteration resumes it: (that iteration's order, batches to skip).
+    resume_at: tuple[list[int], int] | None = None
+    order: list[int] | None = None  # the order of the pass in progress (for a pause)
+
     def shuffle_fn(self, idxs: Sequence[Any]) -> list[Any]:
         return [idxs[i] for i in torch.randperm(len(idxs)).tolist()]
+
+    def get_idxs(self) -> list[Any]:
+        if self.resume_at is not None:
+            (order, skip), self.resume_at = self.resume_at, None
+            self.order = list(order)
+            return self.order[skip * self.bs:]
+        self.order = list(super().get_idxs())
+        return self.order
 
 
 class DecodedDataLoader(SeededDataLoader):

@@ -1,91 +1,63 @@
-"""A running training (Create ML's `MLJob`) and the lock that lets only one run at a time."""
+"""A running training (Create ML's `MLJob`): the lock, the thread, and the run-state changes.
+
+The state lives in the session record (session.json); the job is the only writer of
+state changes while it runs. Requests reach the run in memory from this process, and
+through the session's control file from any other (see record.py).
+
+States of one run:  running -> completed
+                    running -> pausing -> paused
+                    running -> cancelled            (stop)
+                    running -> failed               (an exception; the error is kept)
+A process that dies leaves `running`, which readers see as `interrupted`.
+"""
 
 from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .events import EventType, Progress, RunState
 from .malloc import tune_for_training
+from .record import SessionLock
 
 if TYPE_CHECKING:
     from .classifier import ImageClassifier
-    from .session import Progress, TrainingSession
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; one trainer per session is then on the user
-    fcntl = None  # type: ignore[assignment]
-
-
-class SessionLock:
-    """An advisory lock on `<session>/.lock`, held while a process trains the session.
-
-    The operating system drops it when the process dies, so a session whose record
-    says "running" but whose lock is free was interrupted.
-    """
-
-    def __init__(self, directory: Path):
-        self.path = Path(directory) / ".lock"
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is None:
-            return
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            self._fd = None
-            raise RuntimeError(
-                f"{self.path.parent} is being trained by another process or thread; "
-                "wait for it or stop it first") from None
-
-    @property
-    def acquired(self) -> bool:
-        return self._fd is not None
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def is_held(self) -> bool:
-        if fcntl is None or not self.path.exists():
-            return False
-        probe = SessionLock(self.path.parent)
-        try:
-            probe.acquire()
-        except RuntimeError:
-            return True
-        probe.release()
-        return False
+    from .record import SessionRecord
 
 
 class Job:
-    """One training run in a background thread: `wait`, `cancel`, `state`, `progress`, `result`."""
+    """One training run in a background thread: `wait`, `pause`, `cancel`, `state`,
+    `progress`, `result`."""
 
-    def __init__(self, session: TrainingSession):
+    def __init__(self, record: SessionRecord):
         # Imported here, in the caller's thread, so fastai loads before training starts.
         from .trainer import TrainingRun
 
-        self.session = session
-        self.run = TrainingRun(session)
+        self.record = record
+        self.run = TrainingRun(record)
         self.error: BaseException | None = None
-        self._state = "running"
+        self._lock = SessionLock(record.directory)
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._main, daemon=True,
-                                        name=f"mlwidgets-train-{session.id}")
+                                        name=f"mlwidgets-train-{record.id}")
 
     def start(self) -> None:
+        """Take the session's lock (an error here if another process trains it), then train."""
+        self._lock.acquire()
+        try:
+            self.record.store.open_for_writing()
+            self.record.clear_request()  # a request left from an earlier run is stale
+            self.record.end_partial_event_line()
+            self._change_state(RunState.RUNNING, pid=os.getpid())
+        except BaseException:
+            self._lock.release()
+            raise
         self._thread.start()
 
     @property
-    def state(self) -> str:
-        """running, then paused, completed, cancelled or failed."""
-        return self._state
+    def state(self) -> RunState:
+        return self.record.stored_state
 
     @property
     def done(self) -> bool:
@@ -93,7 +65,7 @@ class Job:
 
     @property
     def progress(self) -> Progress:
-        return self.session.progress
+        return self.run.progress(self.state)
 
     @property
     def model(self) -> Any:
@@ -104,11 +76,17 @@ class Job:
         """Block until the job ends (True) or `timeout` seconds pass (False)."""
         return self._done.wait(timeout)
 
-    def cancel(self) -> None:
-        self.run.request_stop("cancel")
+    def pause(self, at_step: int | None = None) -> None:
+        """Stop after the next batch (or after optimizer step `at_step`) with a checkpoint."""
+        if self.state is not RunState.RUNNING:
+            return
+        self.run.request_stop("pause", at_step)
+        self._change_state(RunState.PAUSING)
 
-    def pause(self) -> None:
-        self.run.request_stop("pause")
+    def cancel(self) -> None:
+        """Stop after the next batch without a new checkpoint (committed ones stay)."""
+        if not self.done:
+            self.run.request_stop("cancel")
 
     @property
     def result(self) -> ImageClassifier:
@@ -118,45 +96,59 @@ class Job:
         if not self.done:
             raise RuntimeError("the job is still running; call job.wait() first")
         if self.error is not None:
-            raise RuntimeError(f"training failed: {self.error}") from self.error
-        return ImageClassifier.from_checkpoint(self.session.checkpoint("latest"))
+            raise RuntimeError(f"training failed: {_describe(self.error)}") from self.error
+        return ImageClassifier.from_checkpoint(self.record.checkpoint("latest"))
 
     def __repr__(self) -> str:
         p = self.progress
         return f"Job({self.state}, iteration {p.iteration}/{p.total_iterations}, step {p.step})"
 
     def _main(self) -> None:
-        lock = SessionLock(self.session.directory)
-        state, error = "failed", None
+        error = None
         try:
-            lock.acquire()
             tune_for_training()  # fewer page faults per batch on Linux (see malloc.py)
-            self.session.store.open_for_writing()
-            self.session.save_record(state="running", pid=os.getpid())
-            self.session.emit(self._state_event("running"))
             self.run.run()
-            state = {"pause": "paused", "cancel": "cancelled"}.get(self.run.stop_reason or "",
-                                                                    "completed")
         except BaseException as e:  # reported through state, event and job.error
             error = e
-        finally:
-            self._finish(state, error, lock)
+        self._finish(error)
 
-    def _finish(self, state: str, error: BaseException | None, lock: SessionLock) -> None:
+    def _final_state(self, error: BaseException | None) -> RunState:
+        if error is not None:
+            return RunState.FAILED
+        if self.record.is_complete:
+            return RunState.COMPLETED
+        reason = self.run.stop_reason
+        return RunState.CANCELLED if reason == "cancel" else RunState.PAUSED \
+            if reason == "pause" else RunState.COMPLETED
+
+    def _finish(self, error: BaseException | None) -> None:
         try:
-            if lock.acquired:
-                self.session.save_record(state=state, pid=None, elapsed=self.run.elapsed)
-            self.error, self._state = error, state
-            event = self._state_event(state)
+            self.error = error
+            extra: dict[str, Any] = {}
             if error is not None:
-                event["error"] = f"{type(error).__name__}: {error}"
-            self.session.emit(event, persist=lock.acquired)
+                extra["error"] = _describe(error)
+            if self.run.note and self.run.stop_reason:
+                extra["note"] = self.run.note
+            self._change_state(self._final_state(error), pid=None,
+                               elapsed=self.run.elapsed, **extra)
         finally:
-            lock.release()
+            self.record.clear_request()
+            self._lock.release()
             self._done.set()
 
-    def _state_event(self, state: str) -> dict[str, Any]:
+    def _change_state(self, state: RunState, **fields: Any) -> None:
         run = self.run
-        return {"type": "state", "state": state, "phase": run.phase,
-                "iteration": run.completed_iterations, "total_iterations": run.total_iterations,
-                "step": run.step, "elapsed": round(run.elapsed, 3)}
+        record_fields = {k: v for k, v in fields.items() if k in ("pid", "elapsed")}
+        self.record.save(state=state.value, **record_fields)
+        event = {"type": EventType.STATE.value, "state": state.value, "phase": run.phase,
+                 "iteration": run.completed_iterations,
+                 "total_iterations": run.total_iterations, "step": run.step,
+                 "elapsed": round(run.elapsed, 3)}
+        event.update({k: v for k, v in fields.items() if k in ("error", "note")})
+        self.record.publish(event)
+
+
+def _describe(error: BaseException) -> str:
+    """`Type: message`, never an empty message."""
+    text = str(error).strip() or repr(error)
+    return f"{type(error).__name__}: {text}"

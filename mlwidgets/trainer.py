@@ -6,8 +6,11 @@ Phases (Create ML's MLPhase), by `ModelParameters.algorithm`:
                      cached features) -> fine_tuning (optional, the whole network)
 - fine_tune:         fine_tuning (the whole pretrained network, discriminative rates)
 
-The run is the `sink` of the callbacks in `callbacks.py`: it counts steps and
-iterations, turns metrics into reports, commits checkpoints and stops on request.
+The run owns the live counters (phase, iteration, step, metrics) and is the `sink` of
+the callbacks in `callbacks.py`: it counts, reports, commits checkpoints, and stops
+where it is asked to. It writes only through the session record (record.py).
+A pause inside an iteration commits a partial checkpoint that `resume` continues
+exactly (see resume.py).
 """
 
 from __future__ import annotations
@@ -17,16 +20,29 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import features as feats
-from .callbacks import AugmentBatch, CheckpointEvery, RelayMetrics, StopOnRequest
-from .checkpoints import BODY_FILE
+from .callbacks import (
+    AugmentBatch,
+    CheckpointEvery,
+    RelayMetrics,
+    ResumeInsideIteration,
+    SeedIterations,
+    StopOnRequest,
+    Totals,
+    measure,
+    metrics_of,
+)
+from .checkpoints import BODY_FILE, RESUME_FILE
+from .events import EventType, Progress, RunState
 from .loaders import make_dataloaders
 from .models import build_model, model_record, split_features_and_classifier
+from .resume import PausePoint, RngStates, iteration_seed, seed_everything
 
 if TYPE_CHECKING:
     from .checkpoints import Checkpoint
-    from .session import TrainingSession
+    from .record import SessionRecord
 
 BATCH_EVENT_INTERVAL = 0.1  # seconds between streamed batch events, so observers keep up
+CONTROL_POLL_INTERVAL = 0.25  # seconds between looks at the session's control file
 
 
 class Stopped(Exception):
@@ -34,45 +50,94 @@ class Stopped(Exception):
 
 
 class TrainingRun:
-    """Train `session` from its latest checkpoint through the rest of its phases."""
+    """Train a session from its latest checkpoint through the rest of its phases."""
 
-    def __init__(self, session: TrainingSession):
-        self.session = session
-        self.stop_requested = False
-        self.stop_reason: str | None = None
-        latest = session.latest_checkpoint
-        self.phase = latest.phase if latest else session.parameters.phases[0]
+    def __init__(self, record: SessionRecord):
+        self.record = record
+        self.stop_reason: str | None = None  # "pause" or "cancel", once asked
+        self.stop_at_step: int | None = None
+        latest = record.latest_checkpoint
+        self.phase = latest.phase if latest else record.parameters.phases[0]
         self.completed_iterations = latest.iteration if latest else 0
         self.start_iteration = self.completed_iterations
         self.step = latest.step_number if latest else 0
         self.committed_step = self.step if latest else -1
         self.metrics: dict[str, float | None] = dict(latest.metrics) if latest else {}
         self.confusion: list[list[int]] | None = latest.confusion if latest else None
+        self.pause_point = _pause_point(latest) if latest is not None and latest.partial else None
+        self.batches_in_iteration = 0
         self.started = time.monotonic()
-        self.elapsed_before = session.elapsed
+        self.elapsed_before = record.elapsed
+        self.note: str | None = None  # what a pause during preparation will redo
         self._last_event: dict[str, float] = {}
+        self._last_control_look = 0.0
         self._lock = threading.Lock()
         self.learn: Any = None
         self.model: Any = None  # the whole network being trained
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
         self._frozen_keys: set[str] = set()  # the weights that file holds
-
-    def budget(self, phase: str) -> int:
-        return self.session.phase_budget(phase)
+        self._rng_at_stop: RngStates | None = None
 
     @property
     def total_iterations(self) -> int:
-        return self.budget(self.phase)
+        return self.record.phase_budget(self.phase)
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def progress(self, state: RunState) -> Progress:
+        """Where this run stands, with an estimate of the time left in this phase."""
+        done_here = self.completed_iterations - self.start_iteration
+        remaining = None
+        if done_here > 0:
+            pace = (self.elapsed - self.elapsed_before) / done_here
+            remaining = pace * (self.total_iterations - self.completed_iterations)
+        return Progress(state, self.phase, self.completed_iterations, self.total_iterations,
+                        self.step, self.elapsed, dict(self.metrics), remaining)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    def request_stop(self, reason: str, at_step: int | None = None) -> None:
+        """Stop after the batch that reaches optimizer step `at_step` (None: the next one)."""
+        with self._lock:
+            if self.stop_reason is None or reason == "cancel":
+                self.stop_reason, self.stop_at_step = reason, at_step
+
+    def should_stop(self) -> bool:
+        self._look_at_control_file()
+        if self.stop_reason is None:
+            return False
+        return self.stop_at_step is None or self.step >= self.stop_at_step
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.should_stop()
+
+    def stopping_after_batch(self) -> None:
+        """Called as training stops after a batch: the RNGs are as the next batch finds them."""
+        self._rng_at_stop = RngStates.capture()
+
+    def _look_at_control_file(self) -> None:
+        # Another process (the CLI, another kernel) asks through control.json.
+        now = time.monotonic()
+        if now - self._last_control_look < CONTROL_POLL_INTERVAL:
+            return
+        self._last_control_look = now
+        found = self.record.read_request()
+        if found is not None:
+            action, at_step = found
+            self.request_stop("cancel" if action == "stop" else "pause", at_step)
 
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> None:
-        phases = self.session.parameters.phases
+        phases = self.record.parameters.phases
         for phase in phases[phases.index(self.phase):]:
             if phase != self.phase:  # a new phase: its own iterations and metrics
                 self.phase, self.completed_iterations, self.metrics = phase, 0, {}
-                self.start_iteration = 0
-            if self.completed_iterations < self.budget(phase):
+                self.start_iteration, self.pause_point = 0, None
+            if self.completed_iterations < self.total_iterations or self.pause_point:
                 if phase == "extracting_features":
                     self._extract_features()
                 else:
@@ -81,33 +146,35 @@ class TrainingRun:
                 return
 
     def _fit(self, phase: str) -> None:
-        from fastai.torch_core import set_seed
-
-        p = self.session.parameters
+        p = self.record.parameters
         on_features = phase == "training" and p.algorithm == "transfer_learning"
         try:
             self.learn = learn = self._feature_learner() if on_features else self._image_learner()
         except Stopped:
+            self.note = "paused while decoding images: decoding starts again on resume"
             return  # nothing trained yet in this run: nothing to commit
-        set_seed(p.seed + self.completed_iterations)
         lr: Any = p.learning_rate
         if phase == "fine_tuning":  # fastai's discriminative rates: the body learns slower
             learn.unfreeze()
             lr = slice(p.learning_rate / 200, p.learning_rate / 2)
+        cbs = [SeedIterations(p.seed, phase)]
+        if self.pause_point is not None:
+            cbs.append(ResumeInsideIteration(self.pause_point))
         with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(self.budget(phase), lr_max=lr,
+            learn.fit_one_cycle(self.total_iterations, lr_max=lr, cbs=cbs,
                                 start_epoch=self.completed_iterations)
-        if self.stop_reason == "pause":
-            self._commit_pause_checkpoint()
+        if self.stop_reason == "pause" and self.step != self.committed_step:
+            self.commit_checkpoint(pause=True)
         elif self.stop_reason is None and self.step != self.committed_step:
             self.commit_checkpoint()  # the final iteration is always kept
 
     def _network(self, frozen: dict[str, Any] | None = None) -> Any:
         """The whole network: `frozen` weights (if given), then the latest checkpoint's."""
-        s = self.session
-        latest = s.latest_checkpoint
+        r = self.record
+        latest = r.latest_checkpoint
         trained = latest is not None and latest.has_model
-        model = build_model(s.parameters, len(s.classes),
+        seed_everything(iteration_seed(r.parameters.seed, self.phase, -1))
+        model = build_model(r.parameters, len(r.classes),
                             with_weights=not trained and frozen is None)
         if frozen is not None:
             model.load_state_dict(frozen, strict=False)
@@ -122,13 +189,13 @@ class TrainingRun:
         from fastai.learner import Learner
         from fastai.optimizer import Adam
 
-        interval = self.session.session_parameters.checkpoint_interval
+        interval = self.record.session_parameters.checkpoint_interval
         cbs += [RelayMetrics(self), CheckpointEvery(self, interval), StopOnRequest(self)]
         splitter = _body_and_head if hasattr(model, "body") else _all_together
         learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
                         cbs=cbs, splitter=splitter)
         learn.create_opt()
-        latest = self.session.latest_checkpoint
+        latest = self.record.latest_checkpoint
         # An optimizer's state belongs to its phase: a new phase starts afresh.
         if latest is not None and latest.phase == self.phase:
             optimizer_state = latest.load_optimizer_state()
@@ -139,25 +206,26 @@ class TrainingRun:
     def _image_learner(self) -> Any:
         from fastai.torch_core import default_device
 
-        s, p = self.session, self.session.parameters
+        r, p = self.record, self.record.parameters
         self.model, self._frozen = self._network(), None
-        train, valid = s.split
+        train, valid = r.split
         # Decoded once into RAM when it fits (see image_cache.py); progress streams meanwhile.
-        dls = make_dataloaders(train, valid, s.classes, p.image_size, p.batch_size,
+        dls = make_dataloaders(train, valid, r.classes, p.image_size, p.batch_size,
                                device=default_device(),
-                               cache_mb=s.session_parameters.image_cache_mb,
+                               cache_mb=r.session_parameters.image_cache_mb,
                                progress=self._decoding_progress)
         return self._learner(self.model, dls, [AugmentBatch(p.augmentation)])
 
     def _feature_learner(self) -> Any:
         from fastai.data.core import DataLoaders
-        from fastai.data.load import DataLoader
         from torch.utils.data import TensorDataset
 
-        s, p = self.session, self.session.parameters
-        cached = feats.find(s.directory / feats.FEATURES_DIR, s.feature_key())
+        from .image_cache import SeededDataLoader
+
+        r, p = self.record, self.record.parameters
+        cached = feats.find(r.directory / feats.FEATURES_DIR, r.feature_key())
         if cached is None:
-            raise RuntimeError(f"the extracted features of {s.directory} are missing; "
+            raise RuntimeError(f"the extracted features of {r.directory} are missing; "
                                "start again from a new session or reuse another's features")
         frozen = cached_body(cached)
         self.model = self._network(frozen=frozen)
@@ -166,115 +234,144 @@ class TrainingRun:
         t = cached.tensors
         train = TensorDataset(t["train_x"], t["train_y"])
         bs = min(p.batch_size, len(train))
+        # Seeded loaders: fastai's own draws its generator from Python's global RNG when made.
         dls = DataLoaders(
-            DataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
-            DataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2), device="cpu")
+            SeededDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
+            SeededDataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2),
+            device="cpu")
         return self._learner(classifier, dls, [])
 
     def _extract_features(self) -> None:
-        s, p = self.session, self.session.parameters
-        directory, key = s.directory / feats.FEATURES_DIR, s.feature_key()
+        r, p = self.record, self.record.parameters
+        directory, key = r.directory / feats.FEATURES_DIR, r.feature_key()
+        model = None
         if feats.find(directory, key) is None:
-            model = build_model(p, len(s.classes))
-            train, valid = s.split
+            seed_everything(iteration_seed(p.seed, self.phase, -1))
+            model = build_model(p, len(r.classes))
+            train, valid = r.split
             try:
-                tensors = feats.extract(model, train, valid, s.classes, p,
-                                        self.budget("extracting_features") - 2,
+                tensors = feats.extract(model, train, valid, r.classes, p,
+                                        self.total_iterations - 2,
                                         progress=self._extraction_progress,
                                         stop=lambda: self.stop_requested,
-                                        cache_mb=s.session_parameters.image_cache_mb,
+                                        cache_mb=r.session_parameters.image_cache_mb,
                                         decoding=self._decoding_progress)
             except Stopped:  # while decoding
                 tensors = None
-            if tensors is None:
-                return  # stopped: features are all or nothing, so nothing is kept
+            if tensors is None:  # features are all or nothing: nothing is kept
+                self.note = (f"paused while extracting features (pass "
+                             f"{self.completed_iterations + 1} of {self.total_iterations}): "
+                             "extraction starts again on resume")
+                self.completed_iterations = 0
+                return
             feats.save(directory, key, tensors, feats.body_state(model))
-        self.completed_iterations = self.budget("extracting_features")
+        self.completed_iterations = self.total_iterations
         self.metrics = {}
-        self.session.emit(self._report("report"))
-        checkpoint = s.store.commit(
+        r.publish(self._report(EventType.REPORT))
+        checkpoint = r.store.commit(
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
-            metrics={}, model_state=None, model=model_record(p, s.classes))
+            metrics={}, model_state=None, model=model_record(p, r.classes))
         self.committed_step = self.step
-        s.emit({**self._report("checkpoint"), "id": checkpoint.id})
+        r.publish({**self._report(EventType.CHECKPOINT), "id": checkpoint.id})
 
     def _decoding_progress(self, done: int, total: int) -> None:
         if self.stop_requested:
             raise Stopped
-        self._stream("progress", {"task": "decoding images", "done": done, "total": total})
+        self._stream(EventType.PROGRESS, {"task": "decoding images", "done": done,
+                                          "total": total})
 
     def _extraction_progress(self, n: int, done: int, total: int) -> None:
         self.completed_iterations = n - 1
-        self._stream("progress", {"task": "extracting features", "iteration": n,
-                                  "done": done, "total": total})
-
-    def request_stop(self, reason: str) -> None:
-        with self._lock:
-            if not self.stop_requested:
-                self.stop_requested, self.stop_reason = True, reason
-
-    @property
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.monotonic() - self.started
+        self._stream(EventType.PROGRESS, {"task": "extracting features", "iteration": n,
+                                          "done": done, "total": total})
 
     # -- the sink the callbacks call ----------------------------------------------------
 
-    def iteration_started(self, epoch: int) -> None:
+    def iteration_started(self, epoch: int) -> Totals:
+        """The running totals the iteration starts from (a pause's, when resuming it)."""
         self.iteration_in_progress = epoch + 1
+        point, self.batches_in_iteration = self.pause_point, 0
+        if point is not None and point.iteration == epoch:
+            self.pause_point = None  # resumed: used once
+            self.batches_in_iteration = point.batch
+            return Totals(**point.totals)
+        return Totals()
 
     def batch_done(self, loss: float) -> None:
         self.step += 1
-        self._stream("batch", {"iteration": self.iteration_in_progress, "loss": loss})
+        self.batches_in_iteration += 1
+        self._stream(EventType.BATCH, {"iteration": self.iteration_in_progress, "loss": loss})
 
-    def _stream(self, kind: str, fields: dict[str, Any]) -> None:
+    def _stream(self, kind: EventType, fields: dict[str, Any]) -> None:
         """A throttled, unrecorded event: live loss, or progress of a slow preparation."""
         now = time.monotonic()
         if now - self._last_event.get(kind, 0.0) >= BATCH_EVENT_INTERVAL:
             self._last_event[kind] = now  # each kind its own pace: progress never hides loss
-            self.session.emit({"type": kind, "phase": self.phase, "step": self.step,
-                               **fields}, persist=False)
+            self.record.publish({"type": kind.value, "phase": self.phase, "step": self.step,
+                                 **fields}, persist=False)
 
     def iteration_done(self, iteration: int, metrics: dict[str, float | None],
                        confusion: list[list[int]] | None = None) -> None:
         self.completed_iterations, self.metrics, self.confusion = iteration, metrics, confusion
-        interval = self.session.session_parameters.report_interval
+        self.batches_in_iteration = 0
+        interval = self.record.session_parameters.report_interval
         if iteration % interval == 0 or iteration == self.total_iterations:
-            self.session.emit(self._report("report"))
+            self.record.publish(self._report(EventType.REPORT))
 
-    def commit_checkpoint(self) -> Checkpoint:
-        s = self.session
+    def commit_checkpoint(self, pause: bool = False) -> Checkpoint:
+        """Commit the current state; `pause`: a partial one, inside an iteration."""
+        r = self.record
         state = self.model.state_dict()
         linked = None
         if self._frozen is not None:  # store only what trains; link the frozen body
             state = {k: v for k, v in state.items() if k not in self._frozen_keys}
             linked = {BODY_FILE: self._frozen}
-        checkpoint = s.store.commit(
+        resume, resume_tensors, metrics, confusion = None, None, self.metrics, self.confusion
+        if pause:
+            point = self._pause_point_now()
+            resume, resume_tensors = point.to_record()
+            relay = self.learn.cbs.filter(lambda cb: isinstance(cb, RelayMetrics))[0]
+            valid = measure(self.learn.model, self.learn.dls.valid, self.learn.loss_func)
+            if relay.in_iteration:  # the iteration's batches so far, and the weights now
+                metrics, confusion = metrics_of(relay.train_totals, valid), valid.confusion()
+        checkpoint = r.store.commit(
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
-            metrics=self.metrics, model_state=state, model=model_record(s.parameters, s.classes),
+            metrics=metrics, model_state=state, model=model_record(r.parameters, r.classes),
             optimizer_state=self.learn.opt.state_dict(), linked_files=linked,
-            confusion=self.confusion,
+            confusion=confusion, partial=pause, resume=resume, resume_tensors=resume_tensors,
         )
         self.committed_step = self.step
-        sp = s.session_parameters
-        s.store.apply_retention(sp.keep_last, sp.keep_best, sp.best_metric)
-        s.emit({**self._report("checkpoint"), "id": checkpoint.id})
+        if not pause:
+            sp = r.session_parameters
+            r.store.apply_retention(sp.keep_last, sp.keep_best, sp.best_metric)
+        event = {**self._report(EventType.CHECKPOINT), "id": checkpoint.id}
+        if pause:
+            event["metrics"] = dict(metrics)
+            event["partial"] = True
+        r.publish(event)
         return checkpoint
 
-    def _commit_pause_checkpoint(self) -> None:
-        if self.step == self.committed_step:
-            return  # nothing changed since the last checkpoint
+    def _pause_point_now(self) -> PausePoint:
         relay = self.learn.cbs.filter(lambda cb: isinstance(cb, RelayMetrics))[0]
-        if relay.in_iteration:
-            # Stopped inside an iteration: measure the weights as they are now.
-            with self.learn.no_bar(), self.learn.no_logging():
-                self.learn.validate()
-            self.metrics, self.confusion = relay.metrics(), relay.confusion()
-        self.commit_checkpoint()
+        inside = relay.in_iteration
+        totals = relay.train_totals.to_dict() if inside else Totals().to_dict()
+        return PausePoint(
+            iteration=self.completed_iterations,
+            batch=self.batches_in_iteration if inside else 0,
+            batches=len(self.learn.dls.train),
+            order=self.learn.dls.train.order if inside else None,
+            totals=totals, rng=self._rng_at_stop if inside else RngStates.capture())
 
-    def _report(self, kind: str) -> dict[str, Any]:
-        return {"type": kind, "phase": self.phase, "iteration": self.completed_iterations,
+    def _report(self, kind: EventType) -> dict[str, Any]:
+        return {"type": kind.value, "phase": self.phase, "iteration": self.completed_iterations,
                 "total_iterations": self.total_iterations, "step": self.step,
                 "elapsed": round(self.elapsed, 3), "metrics": dict(self.metrics)}
+
+
+def _pause_point(checkpoint: Checkpoint) -> PausePoint | None:
+    if checkpoint.resume is None or RESUME_FILE not in checkpoint.files:
+        return None
+    return PausePoint.from_record(checkpoint.resume, checkpoint.load_tensors(RESUME_FILE))
 
 
 def cached_body(cached: feats.ExtractedFeatures) -> dict[str, Any]:

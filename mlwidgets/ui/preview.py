@@ -14,7 +14,8 @@ import traitlets
 
 from ..data import DataSource, Item
 from ..parameters import ModelParameters
-from ..session import TrainingSession, split_for
+from ..record import split_for
+from ..session import TrainingSession
 from .common import (
     COLOURS,
     button,

@@ -12,7 +12,8 @@ import ipywidgets as widgets
 from ..classifier import ImageClassifier
 from ..data import DataSource
 from ..parameters import ModelParameters
-from ..session import SESSION_FILE, TrainingSession
+from ..record import SESSION_FILE
+from ..session import TrainingSession
 from .common import message
 from .dashboard import TrainingDashboard
 from .evaluation import EvaluationPanel

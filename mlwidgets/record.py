@@ -1,0 +1,345 @@
+"""The session directory as data: readable and writable from any process, no threads.
+
+```
+session.json    id, parameters, classes, data fingerprint, versions, state
+data.json       the exact training / validation split (paths and labels)
+events.jsonl    progress reports, checkpoint commits and state changes, one per line
+control.json    a pause or stop request for whichever process trains the session
+.lock           held (flock) by the process that trains the session
+checkpoints/    see checkpoints.py
+```
+The run state is stored in one place, session.json; `interrupted` is computed (a stored
+running state whose lock nobody holds). A pause or stop is asked for through
+control.json, so it reaches a trainer in this process or in any other.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import Checkpoint, CheckpointStore
+from .data import DataSource, Item, split_items
+from .events import Observers, RunState
+from .files import (
+    append_json_line,
+    end_partial_line,
+    read_json,
+    read_json_lines,
+    write_json_atomic,
+)
+from .parameters import AUTO_VALIDATION, ModelParameters, SessionParameters
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one trainer per session is then on the user
+    fcntl = None  # type: ignore[assignment]
+
+SESSION_FILE, DATA_FILE, EVENTS_FILE = "session.json", "data.json", "events.jsonl"
+CONTROL_FILE, LOCK_FILE = "control.json", ".lock"
+FORMAT = "mlwidgets.session/1"
+DEFAULT_SESSIONS_DIR = Path("sessions")
+CONTROL_ACTIONS = ("pause", "stop")
+
+
+class SessionLock:
+    """An advisory lock on `<session>/.lock`, held while a process trains the session.
+
+    The operating system drops it when the process dies, so a session whose record
+    says "running" but whose lock is free was interrupted.
+    """
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            raise RuntimeError(
+                f"{self.path.parent} is being trained by another process or thread; "
+                "wait for it or stop it first") from None
+
+    @property
+    def acquired(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def is_held(self) -> bool:
+        if fcntl is None or not self.path.exists():
+            return False
+        probe = SessionLock(self.path.parent)
+        try:
+            probe.acquire()
+        except RuntimeError:
+            return True
+        probe.release()
+        return False
+
+
+def default_session_dir() -> Path:
+    """Where a session goes when no directory is given: sessions/session-<date>-<time>."""
+    return DEFAULT_SESSIONS_DIR / time.strftime("session-%Y%m%d-%H%M%S")
+
+
+class SessionRecord:
+    """One session directory: its record, split, checkpoints, events and control file."""
+
+    def __init__(self, directory: Path, record: dict[str, Any], split: tuple[list, list]):
+        self.directory = directory
+        self._record = record
+        self.split: tuple[list[Item], list[Item]] = split
+        self.store = CheckpointStore(directory / "checkpoints", record["id"])
+        self.parameters = ModelParameters.from_dict(record["parameters"])
+        self.session_parameters = SessionParameters.from_dict(record["session_parameters"])
+        self.observers = Observers()
+        self.events: list[dict[str, Any]] = [e for _, e in read_json_lines(self.events_path)]
+        self._feature_key: dict[str, Any] | None = None
+        self._saving = threading.Lock()  # the trainer's thread and the caller's both save
+
+    # -- making and reopening ---------------------------------------------------------
+
+    @classmethod
+    def create(cls, data: DataSource, parameters: ModelParameters,
+               session_parameters: SessionParameters,
+               session_dir: str | os.PathLike | None = None) -> SessionRecord:
+        directory = _new_session_dir(session_dir)
+        train, valid = split_for(data, parameters)
+        record = {
+            "format": FORMAT, "id": f"session-{uuid.uuid4().hex[:12]}",
+            "created_at": time.time(), "parameters": parameters.to_dict(),
+            "session_parameters": session_parameters.to_dict(), "classes": data.classes,
+            "data": {"origin": data.origin, "fingerprint": data.fingerprint(),
+                     "train": len(train), "valid": len(valid), "skipped": len(data.skipped)},
+            "versions": _versions(), "state": RunState.INITIALIZED.value, "elapsed": 0.0,
+        }
+        write_json_atomic(directory / DATA_FILE, {
+            "classes": data.classes,
+            "train": [[str(i.path), i.label] for i in train],
+            "valid": [[str(i.path), i.label] for i in valid],
+            "skipped": [[str(p), reason] for p, reason in data.skipped],
+        })
+        write_json_atomic(directory / SESSION_FILE, record)  # last: its presence means complete
+        return cls(directory, record, (train, valid))
+
+    @classmethod
+    def open(cls, session_dir: str | os.PathLike) -> SessionRecord:
+        """The session in `session_dir`, written by this or any other process."""
+        directory = Path(session_dir).expanduser()
+        record_path = directory / SESSION_FILE
+        if not record_path.is_file():
+            what = "does not exist" if not directory.exists() else f"has no {SESSION_FILE}"
+            raise FileNotFoundError(f"{directory} {what}: it is not a training session")
+        record = read_json(record_path)
+        if record.get("format") != FORMAT:
+            raise ValueError(f"{record_path} has unknown format {record.get('format')!r}")
+        data = read_json(directory / DATA_FILE)
+        split = ([Item(Path(p), label) for p, label in data["train"]],
+                 [Item(Path(p), label) for p, label in data["valid"]])
+        return cls(directory, record, split)
+
+    def refresh(self) -> None:
+        """Re-read session.json and events.jsonl (for a session another process trains)."""
+        self._record = read_json(self.directory / SESSION_FILE)
+        self.session_parameters = SessionParameters.from_dict(self._record["session_parameters"])
+        self.events = [e for _, e in read_json_lines(self.events_path)]
+
+    # -- what the session holds -------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._record["id"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._record["classes"])
+
+    @property
+    def fingerprint(self) -> str:
+        return self._record["data"]["fingerprint"]
+
+    @property
+    def data_origin(self) -> str:
+        return self._record.get("data", {}).get("origin", "")
+
+    @property
+    def events_path(self) -> Path:
+        return self.directory / EVENTS_FILE
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        return [tuple(s) for s in read_json(self.directory / DATA_FILE)["skipped"]]
+
+    @property
+    def iterations(self) -> int:
+        """The main phase's iteration budget."""
+        return self.session_parameters.iterations or self.parameters.max_iterations
+
+    def phase_budget(self, phase: str) -> int:
+        """Iterations of `phase`. The main phase's budget is `iterations`."""
+        p = self.parameters
+        if phase == "extracting_features":  # train and validation passes, then the views
+            return 2 + (p.feature_views if p.augmentation.enabled else 0)
+        if phase == "fine_tuning" and p.algorithm == "transfer_learning":
+            return p.fine_tune_iterations
+        return self.iterations
+
+    def set_iterations(self, iterations: int) -> None:
+        self.session_parameters = self.session_parameters.replace(iterations=iterations)
+        self.save(session_parameters=self.session_parameters.to_dict())
+
+    def feature_key(self) -> dict[str, Any]:
+        """What this session's extracted features depend on (see features.py)."""
+        from .features import feature_key
+
+        if self._feature_key is None:  # hashes the weights file: once per session
+            self._feature_key = feature_key(self.parameters, self.fingerprint)
+        return self._feature_key
+
+    # -- checkpoints -------------------------------------------------------------------
+
+    @property
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return self.store.latest()
+
+    @property
+    def is_complete(self) -> bool:
+        """True when the last phase has trained all its iterations."""
+        latest = self.latest_checkpoint
+        last = self.parameters.phases[-1]
+        return (latest is not None and latest.phase == last and not latest.partial
+                and latest.iteration >= self.phase_budget(last))
+
+    def checkpoint(self, which: str = "latest") -> Checkpoint:
+        """A checkpoint by id, or "latest", or "best" (by the session's best_metric)."""
+        if which == "latest":
+            found = self.latest_checkpoint
+            if found is None:
+                raise ValueError(f"session {self.directory} has no checkpoints yet")
+            return found
+        if which == "best":
+            return self.store.best(self.session_parameters.best_metric)
+        return self.store.get(which)
+
+    # -- run state ---------------------------------------------------------------------
+
+    @property
+    def stored_state(self) -> RunState:
+        return RunState(self._record["state"])
+
+    @property
+    def state(self) -> RunState:
+        """The stored state, or `interrupted` where it says running but nobody trains."""
+        state = self.stored_state
+        if state.is_active and not SessionLock(self.directory).is_held():
+            return RunState.INTERRUPTED
+        return state
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds trained, as last recorded."""
+        reports = [e["elapsed"] for e in self.events if "elapsed" in e]
+        return max([self._record.get("elapsed", 0.0), *reports])
+
+    def save(self, **changes: Any) -> None:
+        """Change fields of session.json and write it atomically."""
+        with self._saving:
+            self._record.update(changes)
+            write_json_atomic(self.directory / SESSION_FILE, self._record)
+
+    # -- events --------------------------------------------------------------------------
+
+    def publish(self, event: dict[str, Any], persist: bool = True) -> None:
+        """Stamp `event`, append it to events.jsonl (when `persist`), tell the observers."""
+        event = {**event, "time": time.time()}
+        if persist:
+            append_json_line(self.events_path, event)
+            self.events.append(event)
+        self.observers.dispatch(event)
+
+    def end_partial_event_line(self) -> None:
+        end_partial_line(self.events_path)
+
+    # -- control: how any process asks the trainer to pause or stop ---------------------
+
+    @property
+    def control_path(self) -> Path:
+        return self.directory / CONTROL_FILE
+
+    def request(self, action: str, at_step: int | None = None) -> None:
+        """Ask whichever process trains this session to pause or stop."""
+        if action not in CONTROL_ACTIONS:
+            raise ValueError(f"unknown request {action!r}; choose one of {CONTROL_ACTIONS}")
+        write_json_atomic(self.control_path,
+                          {"action": action, "at_step": at_step, "time": time.time()})
+
+    def read_request(self) -> tuple[str, int | None] | None:
+        """The pending (action, at_step), or None."""
+        try:
+            found = read_json(self.control_path)
+        except (FileNotFoundError, ValueError):
+            return None
+        if not isinstance(found, dict) or found.get("action") not in CONTROL_ACTIONS:
+            return None
+        at_step = found.get("at_step")
+        return found["action"], at_step if isinstance(at_step, int) else None
+
+    def clear_request(self) -> None:
+        try:
+            self.control_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _new_session_dir(session_dir: str | os.PathLike | None) -> Path:
+    directory = Path(session_dir or default_session_dir()).expanduser()
+    if (directory / SESSION_FILE).exists():
+        raise FileExistsError(
+            f"{directory} already holds a training session; reopen it with "
+            f"TrainingSession.restore({str(directory)!r}) or mw.Studio({str(directory)!r}), "
+            "or choose a new directory")
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(f"{directory} is not empty; choose a new or empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def split_for(data: DataSource, parameters: ModelParameters) -> tuple[list[Item], list[Item]]:
+    """The training / validation split `TrainingSession.create` makes for `parameters`."""
+    v = parameters.validation
+    if isinstance(v, DataSource):
+        unknown = sorted(set(v.classes) - set(data.classes))
+        if unknown:
+            raise ValueError(f"validation data has classes the training data lacks: {unknown}")
+        return list(data.items), list(v.items)
+    if v == "none":
+        return list(data.items), []
+    fraction = AUTO_VALIDATION if v == "auto" else float(v)
+    return split_items(data.items, fraction, parameters.seed)
+
+
+def _versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("mlwidgets", "torch", "torchvision", "fastai"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
