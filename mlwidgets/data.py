@@ -3,6 +3,12 @@
 A `DataSource` mirrors Create ML's `MLImageClassifier.DataSource`. It checks every file
 when it is made (decoding it fully), so a zero-byte, truncated, corrupt or non-image
 file is reported in `skipped` with a reason instead of crashing training later.
+
+Folders are scanned without leaving them: a symlink is followed only when it resolves
+inside the data folder and is not a loop (`ln -s . photos/loop` is skipped, not a class of
+duplicates); anything else is skipped with its reason, and so is an empty class folder.
+Every source records its `roots`, the folders its images come from, so a session can
+refuse image paths outside them when it is reopened (see `confine_items`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import DataError, DataNotFoundError, printable
 from .images import IMAGE_EXTENSIONS, check_image, is_hidden
+
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -32,14 +41,22 @@ class Item:
 class DataSource:
     """Labelled image files, checked. Use the class methods to make one."""
 
-    def __init__(self, items: Iterable[Item], origin: str = "images", check: bool = True):
+    def __init__(self, items: Iterable[Item], origin: str = "images", check: bool = True,
+                 roots: Sequence[str | os.PathLike] | None = None):
         """`check=False` trusts that every file decodes (a session's split, say, which was
-        checked when the session was made), so making the source reads no image."""
+        checked when the session was made), so making the source reads no image. `roots`
+        are the folders the images come from (default: their common folders)."""
         candidates = [Item(Path(i.path), str(i.label)) for i in items]
         if not candidates:
-            raise ValueError(f"{origin} contains no files")
+            raise DataError("no files", origin, "add images, one folder per class")
+        labels = {i.label for i in candidates}
+        if len(labels) > MAX_CLASSES:
+            raise DataError(f"{len(labels)} classes, more than the {MAX_CLASSES} allowed",
+                            origin, "group the images into fewer classes")
         reasons = _check_all([i.path for i in candidates]) if check else [None] * len(candidates)
         self.origin = origin
+        self.roots: list[Path] = ([Path(r) for r in roots] if roots is not None
+                                  else common_folders(i.path for i in candidates))
         self.items: list[Item] = [i for i, r in zip(candidates, reasons) if r is None]
         self.skipped: list[tuple[Path, str]] = [
             (i.path, r) for i, r in zip(candidates, reasons) if r
@@ -69,10 +86,16 @@ class DataSource:
     def labeled_directories(cls, path: str | os.PathLike) -> DataSource:
         """One sub-folder per class: `path/cat/*.jpg`, `path/dog/*.jpg` (sub-folders included)."""
         root = _existing_dir(path)
-        items = []
-        for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p)):
-            items += [Item(f, class_dir.name) for f in _files_under(class_dir)]
-        return cls(items, origin=str(root))
+        scan = _Scan(root)
+        items, empty = [], []
+        for class_dir in scan.folders(root):
+            found = scan.files_under(class_dir)
+            items += [Item(f, class_dir.name) for f in found]
+            if not found:
+                empty.append((class_dir, "empty class folder (no files): not a class"))
+        source = cls(items, origin=str(root), roots=[root])
+        source.skipped += empty + scan.skipped
+        return source
 
     @classmethod
     def labeled_files(cls, path: str | os.PathLike) -> DataSource:
@@ -83,15 +106,17 @@ class DataSource:
         are all labelled "cat".
         """
         root = _existing_dir(path)
+        scan = _Scan(root)
         items, others = [], []
-        for f in sorted(p for p in root.iterdir() if p.is_file() and not is_hidden(p)):
+        for f in scan.files_in(root):
             if f.suffix.lower() not in IMAGE_EXTENSIONS:
                 others.append(f)  # a README.md must not become a class "README" with no image
                 continue
             label = label_from_file_name(f.name)
             items.append(Item(f, label if label else f.stem))
-        source = cls(items, origin=str(root))
+        source = cls(items, origin=str(root), roots=[root])
         source.skipped += [(f, check_image(f) or "not an image file") for f in others]
+        source.skipped += scan.skipped
         return source
 
     @classmethod
@@ -175,24 +200,150 @@ def split_items(items: Sequence[Item], fraction: float, seed: int) -> tuple[list
 def _existing_dir(path: str | os.PathLike) -> Path:
     root = Path(path).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"{root} does not exist")
+        raise DataNotFoundError("no such folder", root, "check the path")
     if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a folder")
+        raise DataError("not a folder", root, "give the folder that holds one folder per class")
     return root
 
 
-def _files_under(folder: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(Path(d)))
-        found += [Path(dirpath) / f for f in sorted(filenames) if not is_hidden(Path(f))]
-    return found
+class _Scan:
+    """Walks a data folder: follows a symlink only when it resolves inside the folder and
+    is not a loop; everything else it skips lands in `skipped`, with the reason."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.skipped: list[tuple[Path, str]] = []
+
+    def _follow(self, entry: os.DirEntry, chain: tuple[str, ...]) -> str | None:
+        """The real path of a usable entry, or None (skipped, with its reason)."""
+        path = Path(entry.path)
+        if not entry.is_symlink():
+            return os.path.join(chain[-1], entry.name) if chain else entry.path
+        real = os.path.realpath(path)
+        if not os.path.exists(real):
+            self.skipped.append((path, "a broken symlink"))
+        elif not _inside(real, self.real_root):
+            self.skipped.append((path, "a symlink to outside the data folder: not followed"))
+        elif any(_inside(folder, real) for folder in (self.real_root, *chain)):
+            self.skipped.append((path, "a symlink loop (it points to a folder above it): "
+                                       "not followed"))
+        else:
+            return real
+        return None
+
+    def _entries(self, folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as found:
+                return sorted((e for e in found if not is_hidden(Path(e.name))),
+                              key=lambda e: e.name)
+        except OSError as e:
+            self.skipped.append((folder, f"cannot be read ({e.strerror})"))
+            return []
+
+    def folders(self, folder: Path) -> list[Path]:
+        """The usable sub-folders of `folder` (the classes, at the top)."""
+        found = []
+        for entry in self._entries(folder):
+            if entry.is_dir() and self._follow(entry, ()) is not None:
+                found.append(Path(entry.path))
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                self._follow(entry, ())  # records the broken link
+        return found
+
+    def files_in(self, folder: Path) -> list[Path]:
+        """The usable files directly in `folder`."""
+        found = []
+        for entry in self._entries(folder):
+            if entry.is_symlink() or entry.is_file(follow_symlinks=False):
+                if entry.is_dir():
+                    continue
+                if self._follow(entry, ()) is not None:
+                    found.append(Path(entry.path))
+        return found
+
+    def files_under(self, folder: Path) -> list[Path]:
+        """Every usable file below `folder`, sub-folders included, never twice round a loop."""
+        start = os.path.realpath(folder)
+        if not _inside(start, self.real_root):
+            return []
+        found: list[Path] = []
+        pending = [(folder, (start,))]
+        while pending:
+            current, chain = pending.pop()
+            subfolders = []
+            for entry in self._entries(current):
+                path = Path(entry.path)
+                if entry.is_dir():
+                    real = self._follow(entry, chain)
+                    if real is not None:
+                        subfolders.append((path, (*chain, real)))
+                elif entry.is_file() or entry.is_symlink():
+                    if entry.is_symlink() and self._follow(entry, chain) is None:
+                        continue
+                    if not entry.is_file():
+                        self.skipped.append((path, "not a regular file (a FIFO, device or "
+                                                   "socket)"))
+                        continue
+                    found.append(path)
+                else:
+                    self.skipped.append((path, "not a regular file (a FIFO, device or "
+                                               "socket)"))
+            pending += reversed(subfolders)
+        return found
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def common_folders(paths: Iterable[Path], most: int = 16) -> list[Path]:
+    """The folders `paths` live in, as few as cover them all: their common folder, or
+    (files from unrelated places) the distinct top folders, at most `most` of them."""
+    parents = sorted({os.path.abspath(os.path.dirname(p)) for p in paths})
+    if not parents:
+        return []
+    common = os.path.commonpath(parents)
+    if common != os.path.dirname(common) or len(parents) == 1:
+        return [Path(common)]
+    tops: list[str] = []
+    for parent in parents:  # sorted, so a folder comes before what is below it
+        if not any(_inside(parent, top) for top in tops):
+            tops.append(parent)
+    return [Path(p) for p in tops[:most]] if len(tops) <= most else [Path(common)]
+
+
+def confine_items(items: Sequence[Item], roots: Sequence[str | os.PathLike],
+                  data_root: str | os.PathLike | None = None, where: Any = "data.json"
+                  ) -> list[Item]:
+    """A session's recorded items, each checked to lie inside its recorded data `roots`.
+
+    With `data_root`, paths are rebased: the part below their recorded root is taken from
+    `data_root` instead (images moved, or a session someone sent you). A path outside every
+    root (`/etc/shadow`, `photos/../../x`) raises DataError naming it and the file."""
+    bases = [os.path.normpath(os.path.abspath(r)) for r in roots]
+    target = os.path.normpath(os.path.abspath(os.path.expanduser(data_root))) \
+        if data_root is not None else None
+    confined = []
+    for item in items:
+        path = os.path.normpath(os.path.abspath(item.path))
+        base = next((b for b in bases if _inside(path, b)), None)
+        if base is None or ".." in Path(item.path).parts:
+            raise DataError(
+                f"image {printable(item.path)} lies outside the session's data folders "
+                f"({', '.join(printable(b) for b in bases) or 'none recorded'})", where,
+                "open it with TrainingSession.restore(dir, data_root='your/images') to "
+                "take the images from your own folder")
+        if target is not None:
+            path = os.path.join(target, os.path.relpath(path, base))
+        confined.append(Item(Path(path), item.label))
+    return confined
 
 
 def _require_exist(paths: Iterable[Path]) -> None:
     for p in paths:
         if not p.exists():
-            raise FileNotFoundError(f"{p} does not exist")
+            raise DataNotFoundError("no such image file", p, "check the path")
 
 
 def _check_all(paths: list[Path]) -> list[str | None]:

@@ -45,6 +45,10 @@ class DataError(MlwidgetsError, ValueError):
     """Images or data folders that cannot be used (the message names the file or folder)."""
 
 
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data folder or image file that does not exist."""
+
+
 class UnsafeFileError(MlwidgetsError, ValueError):
     """A name or file inside a session that could lead a read or write elsewhere
     (a symlink, a special file, `..`, an absolute name) or is larger than allowed."""

@@ -4,13 +4,20 @@ Every image becomes 8-bit RGB with its EXIF orientation applied, then is scaled 
 its short side is the model's size and centre-cropped to a square: what Vision's
 default `.centerCrop` option does on the device, so an exported model sees what
 training saw.
+
+Files are opened only when they are regular files (a FIFO or device is refused, never
+waited on), and an image's size is checked from its header before it is decoded: at most
+PIL's `Image.MAX_IMAGE_PIXELS` pixels and an aspect ratio of MAX_ASPECT_RATIO, so a few KB
+that claim to be a 20,000,000 x 1 picture cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -18,6 +25,54 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+MAX_ASPECT_RATIO = 100  # long side over short side; beyond, the file is refused undecoded
+# The decoders tried, whatever a file's extension says. Only these: PIL's EPS plugin, say,
+# would run Ghostscript on a file that claims to be a photo.
+DECODERS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "MPO")
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header claims more pixels, or a longer shape, than is decoded safely."""
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """Open a regular file for reading; a FIFO, device or folder raises ValueError at once
+    (opening without blocking, so a FIFO without a writer never hangs)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) \
+                else "a device or special file"
+            raise ValueError(f"{kind}, not an image file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_dimensions(image: Image.Image) -> None:
+    """Refuse, before decoding, an image too large or too long to decode safely."""
+    w, h = image.size
+    if w < 1 or h < 1:
+        raise ImageTooLarge("image has no pixels")
+    if w * h > (Image.MAX_IMAGE_PIXELS or float("inf")):
+        raise ImageTooLarge(f"image too large to decode safely ({w} x {h} pixels, more than "
+                            f"{Image.MAX_IMAGE_PIXELS})")
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageTooLarge(f"image too long to use ({w} x {h} pixels, an aspect ratio over "
+                            f"{MAX_ASPECT_RATIO})")
+
+
+def _decoded(f: IO[bytes]) -> Image.Image:
+    try:
+        image = Image.open(f, formats=DECODERS)
+    except Image.UnidentifiedImageError:
+        raise ValueError("not an image in a known format") from None
+    with image:
+        check_dimensions(image)
+        image.load()  # decode now, so a truncated file fails here
+        return to_rgb(image)
 
 
 def is_hidden(path: Path) -> bool:
@@ -60,19 +115,16 @@ def open_image(source: str | os.PathLike | Image.Image | bytes) -> Image.Image:
         return to_rgb(source)
     if isinstance(source, (bytes, bytearray, memoryview)):
         try:
-            with Image.open(io.BytesIO(bytes(source))) as image:
-                image.load()  # decode now, so a truncated file fails here
-                return to_rgb(image)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            return _decoded(io.BytesIO(bytes(source)))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot be read as an image ({e})") from None
     path = Path(source)
     try:
-        with Image.open(path) as image:
-            image.load()
-            return to_rgb(image)
+        with open_regular(path) as f:
+            return _decoded(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path} cannot be read as an image: {e}") from None
 
 
@@ -97,16 +149,26 @@ def check_image(path: Path) -> str | None:
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return f"not an image file ({path.suffix or 'no extension'})"
     try:
-        size = path.stat().st_size
+        f = open_regular(path)
     except OSError as e:
         return f"cannot be read ({e.strerror})"
-    if size == 0:
-        return "empty file (0 bytes)"
+    except ValueError as e:
+        return str(e)
+    with f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return "empty file (0 bytes)"
+        return _check_decodes(f)
+
+
+def _check_decodes(f: IO[bytes]) -> str | None:
     try:
-        with Image.open(path) as image:
+        with Image.open(f, formats=DECODERS) as image:
+            check_dimensions(image)
             image.load()
-            if min(image.size) < 1:
-                return "image has no pixels"
+    except Image.UnidentifiedImageError:
+        return "cannot be decoded (not an image in a known format)"
+    except ImageTooLarge as e:
+        return str(e)
     except Image.DecompressionBombError:
         return "image too large to decode safely"
     except (OSError, ValueError, SyntaxError) as e:
