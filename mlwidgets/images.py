@@ -28,7 +28,7 @@ IMAGE_EXTENSIONS = frozenset(
 MAX_ASPECT_RATIO = 100  # long side over short side; beyond, the file is refused undecoded
 # The decoders tried, whatever a file's extension says. Only these: PIL's EPS plugin, say,
 # would run Ghostscript on a file that claims to be a photo.
-DECODERS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "MPO")
+DECODERS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 class ImageTooLarge(ValueError):
