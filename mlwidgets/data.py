@@ -340,6 +340,24 @@ def confine_items(items: Sequence[Item], roots: Sequence[str | os.PathLike],
     return confined
 
 
+def recorded_split(record: dict[str, Any], data_root: str | os.PathLike | None = None,
+                   where: Any = "data.json") -> tuple[list[Item], list[Item]]:
+    """The (train, valid) items of a session's validated data.json record, confined to its
+    data roots (or rebased onto `data_root`). Sessions of older versions recorded no roots:
+    theirs are the folders the images share, which must not be the file system's root."""
+    train = [Item(Path(p), label) for p, label in record["train"]]
+    valid = [Item(Path(p), label) for p, label in record["valid"]]
+    roots = record.get("roots") or common_folders(i.path for i in train + valid)
+    for root in roots:
+        absolute = os.path.abspath(root)
+        if absolute == os.path.dirname(absolute):
+            raise DataError(f"the session's images lie in unrelated folders ({printable(root)} "
+                            "would be their common folder)", where,
+                            "open it with TrainingSession.restore(dir, data_root='your/images')")
+    return (confine_items(train, roots, data_root, where),
+            confine_items(valid, roots, data_root, where))
+
+
 def _require_exist(paths: Iterable[Path]) -> None:
     for p in paths:
         if not p.exists():

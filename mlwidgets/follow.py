@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .files import read_json_lines
+from .schemas import event_from_line
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -55,7 +56,8 @@ class SessionFollower:
         for event in live:
             if event["type"] in LIVE_ONLY or self._first_sighting(event):
                 events.append(event)
-        for offset, event in read_json_lines(self.session.events_path, self._offset):
+        for offset, event in read_json_lines(self.session.events_path, self._offset,
+                                             parse=event_from_line):
             self._offset = offset
             if self._first_sighting(event):
                 events.append(event)

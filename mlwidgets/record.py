@@ -16,20 +16,24 @@ control.json, so it reaches a trainer in this process or in any other.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from . import schemas
 from .checkpoints import Checkpoint, CheckpointStore
-from .data import DataSource, Item, split_items
+from .data import DataSource, Item, recorded_split, split_items
+from .errors import UnsafeFileError
 from .events import Observers, RunState
 from .files import (
     append_json_line,
     end_partial_line,
     read_json,
     read_json_lines,
+    write_atomic,
     write_json_atomic,
 )
 from .parameters import AUTO_VALIDATION, ModelParameters, SessionParameters
@@ -58,7 +62,14 @@ class SessionLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Never through a symlink, never blocking on a FIFO: a lock file is ours or refused.
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                           | getattr(os, "O_NONBLOCK", 0), 0o644)
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            self._fd = None
+            raise UnsafeFileError("a special file where the lock file belongs", self.path,
+                                  "remove it; only regular files are used")
         if fcntl is None:
             return
         try:
@@ -107,7 +118,8 @@ class SessionRecord:
         self.parameters = ModelParameters.from_dict(record["parameters"])
         self.session_parameters = SessionParameters.from_dict(record["session_parameters"])
         self.observers = Observers()
-        self.events: list[dict[str, Any]] = [e for _, e in read_json_lines(self.events_path)]
+        self.events: list[dict[str, Any]] = [
+            e for _, e in read_json_lines(self.events_path, parse=schemas.event_from_line)]
         self._feature_key: dict[str, Any] | None = None
         self._saving = threading.Lock()  # the trainer's thread and the caller's both save
 
@@ -119,44 +131,49 @@ class SessionRecord:
                session_dir: str | os.PathLike | None = None) -> SessionRecord:
         directory = _new_session_dir(session_dir)
         train, valid = split_for(data, parameters)
+        # The folders the images come from: reopening refuses image paths outside them.
+        roots = [str(r) for r in data.roots]
+        if isinstance(parameters.validation, DataSource):
+            roots += [str(r) for r in parameters.validation.roots if str(r) not in roots]
         record = {
             "format": FORMAT, "id": f"session-{uuid.uuid4().hex[:12]}",
             "created_at": time.time(), "parameters": parameters.to_dict(),
             "session_parameters": session_parameters.to_dict(), "classes": data.classes,
             "data": {"origin": data.origin, "fingerprint": data.fingerprint(),
-                     "train": len(train), "valid": len(valid), "skipped": len(data.skipped)},
+                     "train": len(train), "valid": len(valid), "skipped": len(data.skipped),
+                     "roots": roots},
             "versions": _versions(), "state": RunState.INITIALIZED.value, "elapsed": 0.0,
         }
-        write_json_atomic(directory / DATA_FILE, {
+        write_atomic(directory / DATA_FILE, schemas.encode_record({
             "classes": data.classes,
             "train": [[str(i.path), i.label] for i in train],
             "valid": [[str(i.path), i.label] for i in valid],
             "skipped": [[str(p), reason] for p, reason in data.skipped],
-        })
-        write_json_atomic(directory / SESSION_FILE, record)  # last: its presence means complete
+            "roots": roots,
+        }))
+        # Last: its presence means complete.
+        write_atomic(directory / SESSION_FILE, schemas.encode_record(record))
         return cls(directory, record, (train, valid))
 
     @classmethod
-    def open(cls, session_dir: str | os.PathLike) -> SessionRecord:
-        """The session in `session_dir`, written by this or any other process."""
+    def open(cls, session_dir: str | os.PathLike,
+             data_root: str | os.PathLike | None = None) -> SessionRecord:
+        """The session in `session_dir`, written by this or any other process.
+
+        Its files are validated (schemas.py) and its image paths confined to the data
+        folders recorded when it was made; `data_root` takes them from another folder."""
         directory = Path(session_dir).expanduser()
-        record_path = directory / SESSION_FILE
-        if not record_path.is_file():
-            what = "does not exist" if not directory.exists() else f"has no {SESSION_FILE}"
-            raise FileNotFoundError(f"{directory} {what}: it is not a training session")
-        record = read_json(record_path)
-        if record.get("format") != FORMAT:
-            raise ValueError(f"{record_path} has unknown format {record.get('format')!r}")
-        data = read_json(directory / DATA_FILE)
-        split = ([Item(Path(p), label) for p, label in data["train"]],
-                 [Item(Path(p), label) for p, label in data["valid"]])
+        record = schemas.read_session_record(directory)
+        data = schemas.read_data_record(directory)
+        split = recorded_split(data, data_root, directory / DATA_FILE)
         return cls(directory, record, split)
 
     def refresh(self) -> None:
         """Re-read session.json and events.jsonl (for a session another process trains)."""
-        self._record = read_json(self.directory / SESSION_FILE)
+        self._record = schemas.read_session_record(self.directory)
         self.session_parameters = SessionParameters.from_dict(self._record["session_parameters"])
-        self.events = [e for _, e in read_json_lines(self.events_path)]
+        self.events = [e for _, e in read_json_lines(self.events_path,
+                                                     parse=schemas.event_from_line)]
 
     # -- what the session holds -------------------------------------------------------
 
@@ -182,7 +199,7 @@ class SessionRecord:
 
     @property
     def skipped(self) -> list[tuple[str, str]]:
-        return [tuple(s) for s in read_json(self.directory / DATA_FILE)["skipped"]]
+        return [tuple(s) for s in schemas.read_data_record(self.directory).get("skipped", [])]
 
     @property
     def iterations(self) -> int:
@@ -259,7 +276,7 @@ class SessionRecord:
         """Change fields of session.json and write it atomically."""
         with self._saving:
             self._record.update(changes)
-            write_json_atomic(self.directory / SESSION_FILE, self._record)
+            write_atomic(self.directory / SESSION_FILE, schemas.encode_record(self._record))
 
     # -- events --------------------------------------------------------------------------
 

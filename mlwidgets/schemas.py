@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,7 +36,7 @@ from pydantic import (
 from pydantic_core import from_json
 from typing_extensions import NotRequired, TypedDict
 
-from .errors import MlwidgetsError, SessionError
+from .errors import MlwidgetsError, SessionError, SessionNotFoundError
 from .parameters import ARCHITECTURES, CLASSIFIERS, ModelParameters, SessionParameters
 
 # -- documented limits ---------------------------------------------------------------------
@@ -207,12 +208,23 @@ def _bounded_session_parameters(p: SessionParameters) -> SessionParameters:
     return p
 
 
-Parameters = Annotated[ModelParameters, BeforeValidator(_known_fields(ModelParameters)),
+def _stored_before_extractors(value: Any) -> Any:
+    """A record written before `feature_extractor` existed had none: keep that meaning."""
+    if isinstance(value, dict) and "feature_extractor" not in value:
+        return {"feature_extractor": None, **value}
+    return value
+
+
+Parameters = Annotated[ModelParameters, BeforeValidator(_stored_before_extractors),
+                       BeforeValidator(_known_fields(ModelParameters)),
                        AfterValidator(_bounded_parameters)]
 SessionParams = Annotated[SessionParameters, BeforeValidator(_known_fields(SessionParameters)),
                           AfterValidator(_bounded_session_parameters)]
 
 # -- checkpoint.json -----------------------------------------------------------------------
+
+
+NetworkName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
 
 
 @with_config(ConfigDict(extra="forbid"))
@@ -223,7 +235,9 @@ class FileRecord(TypedDict):
 
 @with_config(ConfigDict(extra="forbid"))
 class ModelRecord(TypedDict, total=False):
-    architecture: Literal[ARCHITECTURES]  # type: ignore[valid-type]
+    # An engine architecture, or the feature extractor's network (any timm model name).
+    architecture: NetworkName
+    feature_extractor: NetworkName
     classes: Classes
     image_size: Annotated[int, Field(ge=16, le=MAX_IMAGE_SIZE)]
     mean: Annotated[list[Number], Field(min_length=3, max_length=3)]
@@ -354,6 +368,40 @@ def load_session_record(data: bytes, where: Any, error: type[MlwidgetsError] = S
     the engine's dataclasses; the raw dicts of everything else."""
     record = decode_record(data, where, error)
     return _validated(_session_record, record, where, error)
+
+
+def read_session_record(directory: Path) -> dict[str, Any]:
+    """`directory`'s session.json, validated: its raw record (parameters as dicts), or
+    SessionNotFoundError / SessionError naming the file."""
+    path = Path(directory) / "session.json"
+    if not Path(directory).is_dir() or not (path.exists() or path.is_symlink()):
+        what = "no such folder" if not Path(directory).exists() else "no session.json"
+        raise SessionNotFoundError(f"not a training session: {what}", directory,
+                                   "give the folder that holds session.json")
+    record = decode_record(_read(directory, "session.json", MAX_SESSION_RECORD_BYTES), path)
+    checked = _validated(_session_record, record, path, SessionError)
+    record["parameters"] = checked["parameters"].to_dict()
+    record["session_parameters"] = checked["session_parameters"].to_dict()
+    return record
+
+
+def read_data_record(directory: Path) -> dict[str, Any]:
+    """`directory`'s data.json, validated (see load_data_record)."""
+    path = Path(directory) / "data.json"
+    return load_data_record(_read(directory, "data.json", MAX_DATA_RECORD_BYTES), path)
+
+
+def _read(directory: Path, name: str, max_size: int) -> bytes:
+    from .files import read_confined
+
+    try:
+        return read_confined(directory, name, max_size=max_size)
+    except MlwidgetsError as e:
+        raise SessionError(e.what, e.where, "the session is damaged or unsafe; "
+                           "nothing outside it was read") from None
+    except OSError as e:
+        raise SessionError(e.strerror or type(e).__name__, Path(directory) / name,
+                           "the session is damaged or incomplete") from None
 
 
 # -- data.json -----------------------------------------------------------------------------

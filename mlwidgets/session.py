@@ -65,9 +65,14 @@ class TrainingSession:
         return cls(SessionRecord.create(data, parameters, session_parameters, session_dir))
 
     @classmethod
-    def restore(cls, session_dir: str | os.PathLike) -> TrainingSession:
-        """Reopen a session written by this or any other process."""
-        return cls(SessionRecord.open(session_dir))
+    def restore(cls, session_dir: str | os.PathLike,
+                data_root: str | os.PathLike | None = None) -> TrainingSession:
+        """Reopen a session written by this or any other process.
+
+        Image paths must lie in the data folders recorded when the session was made;
+        `data_root` takes the images from another folder instead (they moved, or someone
+        sent you the session): paths below their recorded folder are taken from it."""
+        return cls(SessionRecord.open(session_dir, data_root))
 
     def refresh(self) -> None:
         """Re-read the session's files (for a session another process trains)."""
