@@ -17,7 +17,8 @@ import pytest
 import mlwidgets as mw
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = mw.ModelParameters(image_size=32, batch_size=16, max_iterations=3, learning_rate=1e-2)
+TINY = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn", image_size=32,
+                          batch_size=16, max_iterations=3, learning_rate=1e-2)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ TRAINER = textwrap.dedent("""
     import sys
     import mlwidgets as mw
     data = mw.DataSource.labeled_directories(sys.argv[1])
-    params = mw.ModelParameters(image_size=32, batch_size=8, max_iterations=40)
+    params = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn",
+                                image_size=32, batch_size=8, max_iterations=40)
     session = mw.TrainingSession.create(data, params, sys.argv[2])
     def show(event):
         print(event["type"], event.get("step", 0), flush=True)
