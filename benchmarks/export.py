@@ -57,8 +57,8 @@ def main() -> None:
 
     data = mw.datasets.shapes()
     params = mw.ModelParameters(architecture=args.architecture, image_size=args.image_size)
-    classifier = mw.ImageClassifier(build_model(params, len(data.classes)), data.classes,
-                                    args.image_size)
+    classifier = mw.ImageClassifier.from_model(build_model(params, len(data.classes)),
+                                               data.classes, args.image_size)
     images = [item.path for item in data.items[::max(1, len(data) // args.images)]][:args.images]
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-export-bench-"))
     counter = iter(range(10_000))

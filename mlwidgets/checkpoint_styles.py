@@ -40,7 +40,8 @@ def decode(cls: Any, d: dict[str, Any], style: str | None = None) -> Any:
                 created_at=float(d["created_at"]), metrics=dict(d["metrics"]),
                 path=Path(d["path"]) if "path" in d else path_of_url(d["url"]),
                 files=dict(d.get("files") or {}), model=dict(d.get("model") or {}),
-                optimizer=dict(d.get("optimizer") or {}), confusion=d.get("confusion"))
+                optimizer=dict(d.get("optimizer") or {}), confusion=d.get("confusion"),
+                partial=bool(d.get("partial", False)), resume=d.get("resume"))
         if style == "createml":
             path = path_of_url(d["url"])
             return cls(

@@ -283,8 +283,11 @@ class SessionParameters:
     Retention: keep the last `keep_last` checkpoints and the best `keep_best` by `best_metric`;
     `keep_last=None` keeps everything (the default: nothing is ever deleted by surprise).
     `image_cache_mb` bounds the decoded-image cache (see `loaders.make_dataloaders`).
+    `session_directory` is where the session lives (Create ML's `sessionDirectory`); the
+    make/train/restore calls create a session there or reopen the one already there.
     """
 
+    session_directory: str | None = None
     report_interval: int = 1
     checkpoint_interval: int = 1
     iterations: int | None = None
@@ -295,6 +298,8 @@ class SessionParameters:
     image_cache_mb: float | None = None
 
     def __post_init__(self) -> None:
+        if self.session_directory is not None:
+            object.__setattr__(self, "session_directory", str(self.session_directory))
         _check_int("report_interval", self.report_interval, low=1)
         _check_int("checkpoint_interval", self.checkpoint_interval, low=1)
         if self.iterations is not None:

@@ -21,7 +21,8 @@ def live_probabilities(tiny_data, tmp_path_factory):
 
     def on_checkpoint(event):
         if event["type"] == "checkpoint":
-            live = mw.ImageClassifier(copy.deepcopy(session.job.model), session.classes, 32)
+            live = mw.ImageClassifier.from_model(copy.deepcopy(session.job.model), session.classes,
+                                                  32)
             recorded[event["id"]] = live.probabilities(images)
 
     session.on_event(on_checkpoint)

@@ -34,7 +34,7 @@ METADATA = ModelMetadata(author="Ada", short_description="Shapes", license="MIT"
 
 def fresh(architecture: str = "small_cnn", size: int = 32) -> mw.ImageClassifier:
     model = build_model(ModelParameters(architecture=architecture, image_size=size), 3)
-    return mw.ImageClassifier(model, CLASSES, size)
+    return mw.ImageClassifier.from_model(model, CLASSES, size)
 
 
 def spec_of(path: Path):

@@ -76,7 +76,7 @@ def _confident_classifier(architecture: str, images: list[Path]) -> ImageClassif
     """
     params = ModelParameters(architecture=architecture, image_size=SIZE, pretrained=False)
     model = build_model(params, len(CLASSES))
-    classifier = ImageClassifier(model, CLASSES, SIZE)
+    classifier = ImageClassifier.from_model(model, CLASSES, SIZE)
     x = classifier.batch(images)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
@@ -396,7 +396,7 @@ def test_misuse_is_refused_clearly(classifiers, images, exports, tmp_path):
         verify(path, classifier, [])
     with pytest.raises(FileNotFoundError):
         verify(tmp_path / "missing.mlpackage", classifier, images)
-    other = ImageClassifier(classifier.model, ["a", "b", "c", "d"], SIZE)
+    other = ImageClassifier.from_model(classifier.model, ["a", "b", "c", "d"], SIZE)
     with pytest.raises(VerificationError, match="classes"):
         verify(path, other, images[:2])
     if sys.platform != "darwin":
@@ -412,7 +412,7 @@ def test_classes_are_matched_by_name_not_position(classifiers, images, exports):
     with torch.no_grad():
         reordered.head[-1].weight.copy_(head.weight[order])
         reordered.head[-1].bias.copy_(head.bias[order])
-    renamed = ImageClassifier(reordered, [CLASSES[i] for i in order], SIZE)
+    renamed = ImageClassifier.from_model(reordered, [CLASSES[i] for i in order], SIZE)
     assert verify(exports("small_cnn"), renamed, images).within(1e-4)
 
 
