@@ -174,6 +174,26 @@ class DataSource:
             h.update(json.dumps([str(i.path), i.label, st.st_size, st.st_mtime_ns]).encode())
         return h.hexdigest()[:16]
 
+    def stratified_split(self, proportions: Sequence[float] | float,
+                         seed: int = 0) -> list[DataSource]:
+        """DataSources holding about `proportions` of each class each (Create ML's
+        `stratifiedSplit(proportions:seed:)`), e.g. `train, test = data.stratified_split([0.8,
+        0.2], seed=5)`. One number p means [p, 1 - p]; proportions summing to less than 1 leave
+        the rest out. Same data and seed, same split. A part that would hold fewer than 2
+        classes is refused (ValueError)."""
+        from .stratify import check_proportions, stratified_parts
+
+        fractions = check_proportions(proportions)
+        parts = stratified_parts(self.items, fractions, seed)
+        sources = []
+        for n, (fraction, items) in enumerate(zip(fractions, parts), 1):
+            if len({i.label for i in items}) < 2:
+                raise ValueError(f"part {n} of the split ({fraction:g} of {len(self)} images) "
+                                 "would hold fewer than 2 classes; use a larger proportion")
+            sources.append(DataSource(items, origin=f"{self.origin} (part {n}, {fraction:g})",
+                                      check=False, roots=self.roots))
+        return sources
+
 
 def label_from_file_name(name: str) -> str:
     return re.split(r"[_\-. ]", name, maxsplit=1)[0].rstrip("0123456789")
