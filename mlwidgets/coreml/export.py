@@ -35,7 +35,9 @@ FORMATS = {".mlpackage": "mlprogram", ".mlmodel": "neuralnetwork"}
 PRECISIONS = ("float32", "float16")
 QUANTIZATIONS = (None, "int8", "palettize-4", "palettize-6", "palettize-8")
 # Every architecture the engine offers converts today; a new one joins after it is tested.
-CONVERTIBLE_ARCHITECTURES = ("small_cnn", "resnet18", "resnet34", "mobilenet_v3_small")
+# efficientnet_lite0 converts because its SAME convolutions have fixed padding (extractors.py).
+CONVERTIBLE_ARCHITECTURES = ("small_cnn", "resnet18", "resnet34", "mobilenet_v3_small",
+                             "efficientnet_lite0")
 
 
 class ExportError(RuntimeError):
@@ -110,6 +112,8 @@ def check_options(path: Path, precision: str, quantize: str | None) -> str:
 
 def architecture_of(classifier: ImageClassifier) -> str | None:
     """The engine architecture of `classifier`, from its checkpoint or its modules."""
+    import torch
+
     record = classifier.checkpoint.model if classifier.checkpoint is not None else {}
     if record.get("architecture"):
         return str(record["architecture"])
@@ -119,8 +123,12 @@ def architecture_of(classifier: ImageClassifier) -> str | None:
     if "BasicBlock" in names:
         return {8: "resnet18", 16: "resnet34"}.get(names.count("BasicBlock"))
     body = getattr(classifier.model, "body", None)
-    if body is not None and all([type(m).__name__ for m in block] == ["Conv2d", "BatchNorm2d",
-                                                                       "ReLU"] for block in body):
+    timm_cfg = getattr(body, "pretrained_cfg", None) or {}
+    if timm_cfg.get("architecture") == "tf_efficientnet_lite0":
+        return "efficientnet_lite0"
+    small_block = ["Conv2d", "BatchNorm2d", "ReLU"]
+    if isinstance(body, torch.nn.Sequential) and all(
+            [type(m).__name__ for m in block] == small_block for block in body):
         return "small_cnn"
     return None  # a model of the user's own: try to convert it
 

@@ -145,6 +145,14 @@ def _lut_to_dense(a: Args) -> np.ndarray:
     return values.reshape(shape)
 
 
+def _pad(a: Args) -> np.ndarray:
+    # `pad` holds (before, after) for each of the last len(pad) // 2 dimensions, in order.
+    amounts = a.ints("pad")
+    widths = list(zip(amounts[0::2], amounts[1::2]))
+    return ops.pad(np.asarray(a["x"]), widths, str(a.scalar("mode", "constant")),
+                   a.scalar("constant_val", 0.0))
+
+
 def _reshape(a: Args, batch: int) -> np.ndarray:
     x = np.asarray(a["x"])
     return x.reshape(ops.batched_shape(a.ints("shape"), x.shape, batch))
@@ -167,7 +175,7 @@ OPS: dict[str, Callable[[Args], Any]] = {
                                            a.f32("x"), 0),
     "silu": lambda a: a.f32("x") / (1 + np.exp(-a.f32("x"))),
     "tanh": lambda a: np.tanh(a.f32("x")),
-    "conv": _conv, "batch_norm": _batch_norm,
+    "conv": _conv, "batch_norm": _batch_norm, "pad": _pad,
     "max_pool": _pool("max"), "avg_pool": _pool("avg"),
     "reduce_mean": _reduce(np.mean), "reduce_sum": _reduce(np.sum), "reduce_max": _reduce(np.max),
     "squeeze": lambda a: np.squeeze(a["x"], axis=tuple(a.ints("axes")) if "axes" in a else None),

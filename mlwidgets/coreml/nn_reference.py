@@ -123,6 +123,16 @@ def _activation(p: Any, xs: list[np.ndarray], batch: int) -> np.ndarray:
     raise UnsupportedOperation(f"activation/{kind}", "an activation layer")
 
 
+def _pad_layer(p: Any, xs: list[np.ndarray], batch: int) -> np.ndarray:
+    kind = p.WhichOneof("PaddingType")
+    mode = {"constant": "constant", "reflection": "reflect", "replication": "replicate"}.get(kind)
+    if mode is None:
+        raise UnsupportedOperation(f"padding/{kind}", "a padding layer")
+    amounts = p.paddingAmounts.borderAmounts  # (height, width), or none: no padding
+    widths = [(b.startEdgeSize, b.endEdgeSize) for b in amounts] or [(0, 0), (0, 0)]
+    return ops.pad(xs[0], widths, mode, p.constant.value if mode == "constant" else 0.0)
+
+
 def _inner_product(p: Any) -> Run:
     if p.int8DynamicQuantize:  # Core ML would quantize the activations too
         raise UnsupportedOperation("innerProduct with int8 dynamic quantization",
@@ -184,6 +194,7 @@ LAYERS: dict[str, Layer] = {
     "loadConstantND": _load_constant, "loadConstant": _load_constant,
     "add": _elementwise(np.add), "multiply": _elementwise(np.multiply),
     "pooling": _simple(_pooling), "activation": _simple(_activation),
+    "padding": _simple(_pad_layer),
     "reduceMean": _simple(_reduce_mean),
     "reshapeStatic": _simple(lambda p, xs, n: xs[0].reshape(
         ops.batched_shape(p.targetShape, xs[0].shape, n))),

@@ -119,6 +119,21 @@ def pool2d(x: np.ndarray, kind: str, kernel: Sequence[int], strides: Sequence[in
     return (sums / np.maximum(counts, 1)).astype(np.float32)
 
 
+PAD_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge"}
+
+
+def pad(x: np.ndarray, widths: Sequence[tuple[int, int]], mode: str = "constant",
+        value: float = 0.0) -> np.ndarray:
+    """`x` padded by (before, after) `widths` of its last dimensions (MIL `pad`, NN `padding`)."""
+    if mode not in PAD_MODES:
+        raise VerificationError(f"unknown padding mode {mode!r}")
+    x = x.astype(np.float32, copy=False) if np.issubdtype(x.dtype, np.floating) else x
+    full = [(0, 0)] * (x.ndim - len(widths)) + [(int(a), int(b)) for a, b in widths]
+    if mode == "constant":
+        return np.pad(x, full, constant_values=np.asarray(value).astype(x.dtype))
+    return np.pad(x, full, mode=PAD_MODES[mode])  # type: ignore[call-overload]
+
+
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     x = x.astype(np.float32, copy=False)
     e = np.exp(x - x.max(axis=axis, keepdims=True))
