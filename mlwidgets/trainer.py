@@ -142,7 +142,7 @@ class TrainingRun:
                     self._extract_features()
                 else:
                     self._fit(phase)
-            if self.stop_reason:
+            if self.should_stop():
                 return
 
     def _fit(self, phase: str) -> None:
@@ -155,7 +155,6 @@ class TrainingRun:
             return  # nothing trained yet in this run: nothing to commit
         lr: Any = p.learning_rate
         if phase == "fine_tuning":  # fastai's discriminative rates: the body learns slower
-            learn.unfreeze()
             lr = slice(p.learning_rate / 200, p.learning_rate / 2)
         cbs = [SeedIterations(p.seed, phase)]
         if self.pause_point is not None:
@@ -163,10 +162,12 @@ class TrainingRun:
         with learn.no_bar(), learn.no_logging():
             learn.fit_one_cycle(self.total_iterations, lr_max=lr, cbs=cbs,
                                 start_epoch=self.completed_iterations)
-        if self.stop_reason == "pause" and self.step != self.committed_step:
-            self.commit_checkpoint(pause=True)
-        elif self.stop_reason is None and self.step != self.committed_step:
+        if self.step == self.committed_step:
+            return
+        if not self.should_stop():
             self.commit_checkpoint()  # the final iteration is always kept
+        elif self.stop_reason == "pause":
+            self.commit_checkpoint(pause=True)
 
     def _network(self, frozen: dict[str, Any] | None = None) -> Any:
         """The whole network: `frozen` weights (if given), then the latest checkpoint's."""
@@ -195,6 +196,8 @@ class TrainingRun:
         learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
                         cbs=cbs, splitter=splitter)
         learn.create_opt()
+        if self.phase == "fine_tuning":
+            learn.unfreeze()  # before loading the optimizer state: unfreezing clears it
         latest = self.record.latest_checkpoint
         # An optimizer's state belongs to its phase: a new phase starts afresh.
         if latest is not None and latest.phase == self.phase:
