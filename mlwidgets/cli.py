@@ -1,17 +1,30 @@
 """`mlwidgets ...` / `python -m mlwidgets ...`: the engine from a terminal.
 
-Errors print one line starting with "error:" and exit with status 2, no traceback.
+Every failure prints one line, `error: <what> (<file or value>): <what to do>`, and exits
+with status 2, no traceback (`--debug` or MLWIDGETS_DEBUG=1 prints the traceback too).
+Arguments are bounded (iterations <= 10^6, image size <= 1024, ...; see schemas.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .parameters import ALGORITHMS, ARCHITECTURES, CLASSIFIERS
+from .errors import TrainingError, describe, printable
+from .parameters import (
+    ALGORITHMS,
+    ARCHITECTURES,
+    CLASSIFIERS,
+    DEFAULT_FEATURE_EXTRACTOR,
+    FEATURE_EXTRACTORS,
+)
+from .schemas import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_ITERATIONS
 
 EXIT_ERROR = 2
 METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
@@ -19,55 +32,109 @@ METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MLWIDGETS_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
         print("\ninterrupted; the session keeps its committed checkpoints", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
+    except Exception as e:  # every failure is one line; the traceback only when asked
+        if debug:
+            traceback.print_exc()
+        print(f"error: {describe(e)}", file=sys.stderr)
         return EXIT_ERROR
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (not the whole usage) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {printable(message)} ({self.prog}): see `{self.prog} --help`",
+              file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def _int_in(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    return parse
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= 10):
+        raise argparse.ArgumentTypeError(f"{text} is not a learning rate in (0, 10]")
+    return value
+
+
+ITERATIONS = _int_in(1, MAX_ITERATIONS)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlwidgets", description=__doc__.splitlines()[0])
+    p = _Parser(prog="mlwidgets", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true",
+                   help="print the full traceback of an error (also MLWIDGETS_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="train on a built-in dataset, evaluate, summarise")
     d.add_argument("--session", type=Path, help="session directory (default: sessions/demo-…)")
     d.add_argument("--dataset", choices=("shapes", "digits"), default="shapes")
-    d.add_argument("--iterations", type=int, help="training iterations (epochs)")
+    d.add_argument("--iterations", type=ITERATIONS, help="training iterations (epochs)")
+    d.add_argument("--image-size", type=_int_in(16, MAX_IMAGE_SIZE),
+                   help="training size (default: 224 for shapes, 32 for digits)")
+    d.add_argument("--images-per-class", type=_int_in(2, 10_000),
+                   help="shapes generated per class (default: 60)")
     d.set_defaults(run=_demo)
 
     t = sub.add_parser("train", help="train a classifier on DATA_DIR (one folder per class)")
     t.add_argument("data_dir", type=Path)
     t.add_argument("--session", type=Path, required=True)
-    t.add_argument("--architecture", choices=ARCHITECTURES, default="small_cnn")
-    t.add_argument("--pretrained", action="store_true", help="start from ImageNet weights")
+    # Unset options take ModelParameters' defaults: transfer learning on the built-in
+    # efficientnet_lite0 at 224 px. --architecture alone trains that network from scratch.
+    t.add_argument("--feature-extractor", metavar="NAME",
+                   help=f"pretrained backbone: {', '.join(FEATURE_EXTRACTORS)} or a timm "
+                        f"model name (default: {DEFAULT_FEATURE_EXTRACTOR}, built in)")
+    t.add_argument("--architecture", choices=ARCHITECTURES,
+                   help="a network to train from scratch (or, with --pretrained, torchvision's "
+                        "ImageNet weights)")
+    t.add_argument("--pretrained", action="store_true",
+                   help="with --architecture: start from torchvision's ImageNet weights")
     t.add_argument("--weights-file", help="start from a local .safetensors weights file")
     t.add_argument("--algorithm", choices=ALGORITHMS,
-                   help="default: transfer_learning with weights, from_scratch without")
+                   help="default: transfer_learning with an extractor or weights, "
+                        "from_scratch without")
     t.add_argument("--classifier", choices=CLASSIFIERS, default="logistic_regression",
                    help="what transfer learning trains on the extracted features")
-    t.add_argument("--fine-tune-iterations", type=int, default=0,
+    t.add_argument("--fine-tune-iterations", type=_int_in(0, MAX_ITERATIONS), default=0,
                    help="after transfer learning, train the whole network this long")
-    t.add_argument("--image-size", type=int, default=64)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--iterations", type=int, default=10)
-    t.add_argument("--checkpoint-interval", type=int, default=1)
+    t.add_argument("--image-size", type=_int_in(16, MAX_IMAGE_SIZE),
+                   help="default: the extractor's native size (224), 64 from scratch")
+    t.add_argument("--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=32)
+    t.add_argument("--learning-rate", type=_learning_rate)
+    t.add_argument("--iterations", type=ITERATIONS, help="default: 25, as Create ML")
+    t.add_argument("--checkpoint-interval", type=ITERATIONS, default=1)
     t.add_argument("--augment", action="store_true", help="use all six augmentations")
     t.set_defaults(run=_train)
 
     r = sub.add_parser("resume", help="continue a session from its latest checkpoint")
-    r.add_argument("--session", type=Path, required=True)
-    r.add_argument("--iterations", type=int, help="raise the total iteration budget")
+    _add_session_args(r)
+    r.add_argument("--iterations", type=ITERATIONS, help="raise the total iteration budget")
     r.set_defaults(run=_resume)
 
     c = sub.add_parser("checkpoints", help="list a session's checkpoints")
-    c.add_argument("--session", type=Path, required=True)
+    _add_session_args(c)
     c.add_argument("--json", action="store_true", help="print a JSON list")
     c.add_argument("--style", choices=("native", "createml", "openai", "mistral"),
                    default="native", help="shape of each JSON object")
@@ -103,8 +170,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+def _add_session_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, help="take the session's images from this folder "
+                   "(they moved, or someone sent you the session)")
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    _add_session_args(p)
     p.add_argument("--checkpoint", default="best", help="best (default), latest, or an id")
 
 
@@ -112,12 +185,11 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from . import datasets
-    from .demo import run_demo
+    from .demo import demo_data, run_demo
 
-    make = {"shapes": datasets.shapes, "digits": datasets.digits}[args.dataset]
     print(f"Preparing the built-in {args.dataset!r} dataset…", flush=True)
-    return run_demo(make(), args.dataset, args.session, args.iterations)
+    return run_demo(demo_data(args.dataset, args.images_per_class), args.dataset, args.session,
+                    args.iterations, args.image_size)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -127,11 +199,13 @@ def _train(args: argparse.Namespace) -> int:
 
     data = DataSource.labeled_directories(args.data_dir)
     print_data_summary(data)
+    given = {"feature_extractor": args.feature_extractor, "architecture": args.architecture,
+             "pretrained": args.pretrained or None, "image_size": args.image_size,
+             "weights_file": args.weights_file, "max_iterations": args.iterations}
     params = ModelParameters(
-        architecture=args.architecture, pretrained=args.pretrained, image_size=args.image_size,
-        weights_file=args.weights_file, algorithm=args.algorithm, classifier=args.classifier,
-        fine_tune_iterations=args.fine_tune_iterations,
-        batch_size=args.batch_size, max_iterations=args.iterations,
+        **{k: v for k, v in given.items() if v is not None},
+        algorithm=args.algorithm, classifier=args.classifier,
+        fine_tune_iterations=args.fine_tune_iterations, batch_size=args.batch_size,
         augmentation=Augmentation.all() if args.augment else Augmentation(),
         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     session = TrainingSession.create(data, params, args.session,
@@ -142,7 +216,7 @@ def _train(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from .session import TrainingSession
 
-    session = TrainingSession.restore(args.session)
+    session = TrainingSession.restore(args.session, args.data_root)
     print(f"Resuming {session.directory} from {session.latest_checkpoint or 'the start'}")
     return follow(session, session.resume(args.iterations))
 
@@ -150,12 +224,14 @@ def _resume(args: argparse.Namespace) -> int:
 def _checkpoints(args: argparse.Namespace) -> int:
     from .session import TrainingSession
 
-    session = TrainingSession.restore(args.session)
+    session = TrainingSession.restore(args.session, args.data_root)
     found = session.checkpoints
+    damaged = session.store.damaged
     if args.json:
         print(json.dumps([c.to_dict(args.style) for c in found], indent=2))
+        _warn_damaged(session)
         return 0
-    if not found:
+    if not found and not damaged:
         print(f"{session.directory} has no checkpoints yet ({session.state})")
         return 0
     best = _best_id(session)
@@ -163,18 +239,38 @@ def _checkpoints(args: argparse.Namespace) -> int:
              c.date.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
              *(_fmt(c.metrics.get(k)) for k, _ in METRIC_COLUMNS),
              "best" if c.id == best else ""] for c in found]
+    rows += [[printable(name), "DAMAGED", *[""] * (4 + len(METRIC_COLUMNS))]
+             for name in sorted(damaged)]
+    rows.sort(key=lambda row: row[0])
     print_table(["id", "phase", "iteration", "step", "date",
                  *(h for _, h in METRIC_COLUMNS), ""], rows)
-    print(f"{len(found)} checkpoint(s) in {session.store.directory} · session {session.state}")
+    for error in damaged.values():
+        print(f"  {describe(error)}")
+    print(f"{len(found)} checkpoint(s) in {printable(session.store.directory)}"
+          + (f", {len(damaged)} damaged" if damaged else "") + f" · session {session.state}")
     return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> Any:
+    """The session and checkpoint the arguments name; damaged checkpoints are mentioned."""
+    from .session import TrainingSession
+
+    session = TrainingSession.restore(args.session, args.data_root)
+    checkpoint = session.checkpoint(args.checkpoint)
+    _warn_damaged(session)
+    return session, checkpoint
+
+
+def _warn_damaged(session: Any) -> None:
+    for error in session.store.damaged.values():
+        print(f"warning: {describe(error)}", file=sys.stderr)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .classifier import ImageClassifier
     from .data import DataSource
-    from .session import TrainingSession
 
-    checkpoint = TrainingSession.restore(args.session).checkpoint(args.checkpoint)
+    _, checkpoint = _checkpoint(args)
     data = DataSource.labeled_directories(args.data_dir)
     metrics = ImageClassifier.from_checkpoint(checkpoint).evaluation(data)
     if args.json:
@@ -187,9 +283,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .classifier import ImageClassifier
-    from .session import TrainingSession
 
-    checkpoint = TrainingSession.restore(args.session).checkpoint(args.checkpoint)
+    _, checkpoint = _checkpoint(args)
     predictions = ImageClassifier.from_checkpoint(checkpoint).predictions(args.images)
     if args.json:
         print(json.dumps([{"image": str(i), "label": p.label, "probabilities": p.probabilities}
@@ -204,10 +299,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .classifier import ImageClassifier
     from .coreml import ModelMetadata
-    from .session import TrainingSession
 
-    session = TrainingSession.restore(args.session)
-    checkpoint = session.checkpoint(args.checkpoint)
+    session, checkpoint = _checkpoint(args)
     metadata = ModelMetadata(author=args.author, short_description=args.description,
                              license=args.license, version=args.version)
     print(f"Exporting checkpoint {checkpoint.id} to {args.out}…", flush=True)
@@ -255,7 +348,10 @@ def follow(session: Any, job: Any) -> int:
     finally:
         unsubscribe()
     if job.state == "failed":
-        raise RuntimeError(f"training failed: {job.error}")
+        cause = describe(job.error) if job.error is not None else "no reason recorded"
+        raise TrainingError(f"training failed: {cause}", session.directory,
+                            "fix the cause, then `mlwidgets resume` continues from the "
+                            "last checkpoint")
     print(f"Training {job.state} after {session.elapsed:.1f} s; "
           f"{len(session.checkpoints)} checkpoint(s) in {session.directory}")
     return 0
@@ -265,7 +361,7 @@ def print_data_summary(data: Any) -> None:
     counts = ", ".join(f"{c} {n}" for c, n in data.summary()["images"].items())
     print(f"Data: {len(data)} images in {len(data.classes)} classes ({counts})")
     for path, reason in data.skipped[:10]:
-        print(f"  skipped {path}: {reason}")
+        print(f"  skipped {printable(path)}: {printable(reason)}")
     if len(data.skipped) > 10:
         print(f"  … and {len(data.skipped) - 10} more skipped files")
 

@@ -78,3 +78,50 @@ def printable(value: Any) -> str:
 
 
 _CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+
+class TrainingError(MlwidgetsError, RuntimeError):
+    """Training stopped on an error (the message says which, and where the session is)."""
+
+
+_OS_HINTS = {
+    FileNotFoundError: "check the path",
+    PermissionError: "check its permissions",
+    IsADirectoryError: "give a file, not a folder",
+    NotADirectoryError: "give a folder",
+    FileExistsError: "choose another name",
+}
+
+
+def describe(error: BaseException) -> str:
+    """Any exception as one line, `<what> (<file or value>): <what to do>`, for a terminal."""
+    if isinstance(error, MlwidgetsError):
+        return _one_line(str(error))
+    where: Any = None
+    hint = ""
+    text = _one_line(str(error))
+    if isinstance(error, OSError):
+        what = error.strerror or text or type(error).__name__
+        where = error.filename
+        hint = next((h for t, h in _OS_HINTS.items() if isinstance(error, t)),
+                    "free some disk space" if error.errno == 28 else "check the file")
+    elif isinstance(error, KeyError):
+        key = error.args[0] if error.args else ""
+        if isinstance(key, str) and " " in key:
+            what = _one_line(key)
+        else:
+            what, hint = f"missing field {key!r}", "the file or value is incomplete or damaged"
+    elif isinstance(error, MemoryError):
+        what = "out of memory"
+        hint = "use smaller images, a smaller batch size or fewer images"
+    elif isinstance(error, (ValueError, RuntimeError)):
+        what = text or type(error).__name__
+    else:
+        what = f"unexpected {type(error).__name__}" + (f": {text}" if text else "")
+        hint = "run again with --debug and report the traceback"
+    return _one_line(str(MlwidgetsError(what, where, hint)))
+
+
+def _one_line(text: str) -> str:
+    joined = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return printable(joined.replace(":; ", ": "))
