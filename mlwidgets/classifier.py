@@ -83,10 +83,12 @@ class ImageClassifier:
         self._metrics: dict[str, ClassifierMetrics] = {}
 
     def _adopt_checkpoint(self, checkpoint: Checkpoint) -> None:
-        state = checkpoint.load_model_state()  # refuses checkpoints without a classifier
+        if not checkpoint.has_model:
+            checkpoint.load_model_state()  # refuses checkpoints without a classifier
         record = checkpoint.model
         model = skeleton_for(record)
-        model.load_state_dict(state)
+        # Names and shapes are checked against the architecture before any weight loads.
+        model.load_state_dict(checkpoint.load_model_state(expected=model.state_dict()))
         self._adopt(model, record["classes"], record["image_size"], checkpoint)
 
     @classmethod
