@@ -18,7 +18,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import read_json, write_json_atomic
+from .. import schemas
+from ..errors import MlwidgetsError
+from ..files import mkdir_confined, read_confined, write_json_atomic
 
 if TYPE_CHECKING:
     from ..classifier import ImageClassifier
@@ -183,22 +185,27 @@ def record_export(classifier: ImageClassifier, result: ExportResult,
     directory = session_dir / EXPORTS_DIR
     stamp = datetime.fromtimestamp(created, timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     record_path = directory / f"{stamp}-{checkpoint.id}.json"  # sorting = time order
-    try:
-        directory.mkdir(exist_ok=True)
+    try:  # exports/ must be the session's own folder, not a link to elsewhere
+        mkdir_confined(session_dir, EXPORTS_DIR)
         write_json_atomic(record_path, record)
-    except OSError as e:  # the model is written and good; a read-only session only warns
+    except (OSError, MlwidgetsError) as e:  # the model is written: a read-only session warns
         log.warning("exported %s but could not record it in %s: %s", result.path, directory, e)
         return None
     return record_path
 
 
 def exports_of(session_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The export records of a session, oldest first (unreadable ones skipped)."""
+    """The export records of a session, oldest first (damaged or unsafe ones skipped with
+    a warning naming them; see schemas.ExportRecord)."""
     directory = Path(session_dir) / EXPORTS_DIR
     records = []
-    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+    if directory.is_symlink() or not directory.is_dir():
+        return records
+    for path in sorted(directory.glob("*.json")):
         try:
-            records.append(read_json(path))
-        except (OSError, ValueError) as e:
+            data = read_confined(session_dir, f"{EXPORTS_DIR}/{path.name}",
+                                 max_size=schemas.MAX_SESSION_RECORD_BYTES)
+            records.append(schemas.load_export_record(data, path))
+        except (OSError, MlwidgetsError) as e:
             log.warning("skipping export record %s: %s", path, e)
     return records
