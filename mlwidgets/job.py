@@ -36,6 +36,7 @@ class Job:
 
         self.record = record
         self.run = TrainingRun(record)
+        self.run.on_request = self._requested_elsewhere
         self.error: BaseException | None = None
         self._lock = SessionLock(record.directory)
         self._done = threading.Event()
@@ -82,6 +83,10 @@ class Job:
             return
         self.run.request_stop("pause", at_step)
         self._change_state(RunState.PAUSING)
+
+    def _requested_elsewhere(self, reason: str) -> None:
+        if reason == "pause" and self.state is RunState.RUNNING:
+            self._change_state(RunState.PAUSING)
 
     def cancel(self) -> None:
         """Stop after the next batch without a new checkpoint (committed ones stay)."""

@@ -28,16 +28,18 @@ of training processes and torch threads; a GPU's nondeterministic kernels break 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_styles import find
 from .checkpoints import Checkpoint, CheckpointStore
 from .data import DataSource, Item
 from .events import Observer, Progress, RunState
 from .job import Job
 from .parameters import ModelParameters, SessionParameters
 from .record import SessionRecord
+from .session_setup import remove_checkpoints, restore_if_same
 
 
 class TrainingSession:
@@ -51,27 +53,53 @@ class TrainingSession:
 
     @classmethod
     def create(cls, data: DataSource, parameters: ModelParameters | None = None,
-               session_dir: str | os.PathLike | None = None, *, report_interval: int = 1,
+               session_dir: str | os.PathLike | SessionParameters | None = None, *,
+               report_interval: int = 1,
                checkpoint_interval: int = 1, iterations: int | None = None,
                keep_last: int | None = None, keep_best: int = 0,
                best_metric: str = "valid_loss",
                image_cache_mb: float | None = None) -> TrainingSession:
-        """A new session for `data` in `session_dir` (new or empty; default: under sessions/)."""
+        """A session for `data` in `session_dir`: a new one (in a new or empty directory;
+        default: under sessions/), or the one already there, as Create ML's
+        `makeTrainingSession` creates or restores. An existing session made with other
+        parameters or data is refused (FileExistsError naming the difference).
+
+        `session_dir` may be a SessionParameters (Create ML's
+        `MLTrainingSessionParameters`): its `session_directory` and settings are used, and
+        the keyword settings here are ignored. A restored session keeps its own settings.
+        """
         parameters = parameters or ModelParameters()
-        session_parameters = SessionParameters(
-            report_interval=report_interval, checkpoint_interval=checkpoint_interval,
-            iterations=iterations or parameters.max_iterations, keep_last=keep_last,
-            keep_best=keep_best, best_metric=best_metric, image_cache_mb=image_cache_mb)
-        return cls(SessionRecord.create(data, parameters, session_parameters, session_dir))
+        if isinstance(session_dir, SessionParameters):
+            session_parameters = session_dir
+        else:
+            session_parameters = SessionParameters(
+                session_directory=None if session_dir is None else str(session_dir),
+                report_interval=report_interval, checkpoint_interval=checkpoint_interval,
+                iterations=iterations, keep_last=keep_last, keep_best=keep_best,
+                best_metric=best_metric, image_cache_mb=image_cache_mb)
+        directory = session_parameters.session_directory
+        existing = restore_if_same(cls, data, parameters, directory)
+        if existing is not None:
+            return existing
+        # The directory is where the session lives, not a setting stored inside it.
+        session_parameters = session_parameters.replace(
+            session_directory=None,
+            iterations=session_parameters.iterations or parameters.max_iterations)
+        return cls(SessionRecord.create(data, parameters, session_parameters, directory))
 
     @classmethod
-    def restore(cls, session_dir: str | os.PathLike,
+    def restore(cls, session_dir: str | os.PathLike | SessionParameters,
                 data_root: str | os.PathLike | None = None) -> TrainingSession:
-        """Reopen a session written by this or any other process.
+        """Reopen a session written by this or any other process (`session_dir` may be a
+        SessionParameters naming its `session_directory`).
 
         Image paths must lie in the data folders recorded when the session was made;
         `data_root` takes the images from another folder instead (they moved, or someone
         sent you the session): paths below their recorded folder are taken from it."""
+        if isinstance(session_dir, SessionParameters):
+            if session_dir.session_directory is None:
+                raise ValueError("restore needs SessionParameters(session_directory=...)")
+            session_dir = session_dir.session_directory
         return cls(SessionRecord.open(session_dir, data_root))
 
     def refresh(self) -> None:
@@ -98,7 +126,8 @@ class TrainingSession:
 
     @property
     def session_parameters(self) -> SessionParameters:
-        return self.record.session_parameters
+        """How it reports and checkpoints; `session_directory` is where it is now."""
+        return self.record.session_parameters.replace(session_directory=str(self.directory))
 
     @property
     def split(self) -> tuple[list[Item], list[Item]]:
@@ -187,9 +216,18 @@ class TrainingSession:
         """The best whole checkpoint by `metric` (default: the session's best_metric)."""
         return self.store.best(metric or self.session_parameters.best_metric)
 
-    def checkpoint(self, which: str = "latest") -> Checkpoint:
-        """A checkpoint by id, or "latest", or "best" (by the session's best_metric)."""
-        return self.record.checkpoint(which)
+    def checkpoint(self, which: str | int = "latest") -> Checkpoint:
+        """A checkpoint by any identifier the checkpoint styles print: its id (the OpenAI
+        `id` too), the OpenAI `fine_tuned_model_checkpoint`, its Create ML `url`, an
+        iteration number, "latest", or "best" (by the session's best_metric)."""
+        return find(self.checkpoints, which, self.best_checkpoint, str(self.directory))
+
+    def remove_checkpoints(self, which: Callable[[Checkpoint], bool] | Iterable[str | int]
+                           ) -> list[str]:
+        """Delete the checkpoints `which` selects: a predicate on each checkpoint (Create
+        ML's `removeCheckpoints(_:)`), or identifiers as `checkpoint` takes them. Refused
+        while training; returns the ids removed."""
+        return remove_checkpoints(self, which)
 
     # -- state and progress ---------------------------------------------------------------
 
@@ -283,7 +321,9 @@ class TrainingSession:
             self.job.pause(at_step)
             if wait:
                 self.job.wait(timeout)
-        elif self.state is RunState.RUNNING:  # trained elsewhere: ask through the directory
+            return self.latest_checkpoint
+        self.refresh()
+        if self.state is RunState.RUNNING:  # trained elsewhere: ask through the directory
             self.record.request("pause", at_step)
             return None
         return self.latest_checkpoint
@@ -294,7 +334,9 @@ class TrainingSession:
             self.job.cancel()
             if wait:
                 self.job.wait(timeout)
-        elif self.state.is_active:
+            return
+        self.refresh()
+        if self.state.is_active:
             self.record.request("stop")
 
     def __repr__(self) -> str:

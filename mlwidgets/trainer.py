@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import features as feats
@@ -77,6 +78,8 @@ class TrainingRun:
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
         self._frozen_keys: set[str] = set()  # the weights that file holds
         self._rng_at_stop: RngStates | None = None
+        # Told when a request arrives through the control file (the job records "pausing").
+        self.on_request: Callable[[str], None] | None = None
 
     @property
     def total_iterations(self) -> int:
@@ -125,9 +128,11 @@ class TrainingRun:
             return
         self._last_control_look = now
         found = self.record.read_request()
-        if found is not None:
+        if found is not None and self.stop_reason is None:
             action, at_step = found
             self.request_stop("cancel" if action == "stop" else "pause", at_step)
+            if self.on_request is not None:
+                self.on_request(self.stop_reason)
 
     # -- the run ---------------------------------------------------------------------
 
