@@ -291,7 +291,7 @@ class CheckpointRecord(TypedDict):
     optimizer: NotRequired[OptimizerRecord]
     confusion: NotRequired[Annotated[
         list[Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_CLASSES)]],
-        Field(max_length=MAX_CLASSES)] | None]
+        Field(max_length=MAX_CLASSES), AfterValidator(_square)] | None]
     # Pause checkpoints: where inside an iteration training stopped (batch, RNG states,
     # data order, partial totals), so resuming continues exactly; any bounded JSON.
     resume: NotRequired[dict[str, Json] | None]

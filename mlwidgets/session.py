@@ -220,7 +220,10 @@ class TrainingSession:
         """A checkpoint by any identifier the checkpoint styles print: its id (the OpenAI
         `id` too), the OpenAI `fine_tuned_model_checkpoint`, its Create ML `url`, an
         iteration number, "latest", or "best" (by the session's best_metric)."""
-        return find(self.checkpoints, which, self.best_checkpoint, str(self.directory))
+        checkpoints = self.checkpoints
+        if str(which) in self.store.damaged:  # damaged, not unknown: say so, naming the file
+            raise self.store.damaged[str(which)]
+        return find(checkpoints, which, self.best_checkpoint, str(self.directory))
 
     def remove_checkpoints(self, which: Callable[[Checkpoint], bool] | Iterable[str | int]
                            ) -> list[str]:
