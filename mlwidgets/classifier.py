@@ -23,7 +23,7 @@ from .checkpoints import Checkpoint
 from .data import DataSource, Item
 from .images import load_array
 from .metrics import ClassifierMetrics
-from .models import skeleton_for
+from .models import inference_batch_size, skeleton_for
 from .parameters import ModelParameters, SessionParameters
 
 if TYPE_CHECKING:
@@ -123,7 +123,6 @@ class ImageClassifier:
         Without a session directory, the session goes into a new folder under `sessions/`.
         """
         from .session import TrainingSession
-        from .session_setup import create_or_restore
 
         data = _data_source(training_data)
         session_parameters = session_parameters or SessionParameters()
@@ -131,8 +130,7 @@ class ImageClassifier:
             unique = f"{time.strftime('session-%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             session_parameters = session_parameters.replace(
                 session_directory=str(SESSIONS_FOLDER / unique))
-        return create_or_restore(TrainingSession, data, parameters or ModelParameters(),
-                                 session_parameters)
+        return TrainingSession.create(data, parameters or ModelParameters(), session_parameters)
 
     @staticmethod
     def restore_training_session(session_parameters: SessionParameters | str | os.PathLike,
@@ -237,6 +235,8 @@ class ImageClassifier:
     @torch.no_grad()
     def probabilities(self, images: Sequence[Any], batch_size: int = 64) -> np.ndarray:
         """(n, n_classes) class probabilities, in `classes` order."""
+        # Large images in large batches hold GBs of activations: no faster, and Binder has 2.
+        batch_size = min(batch_size, inference_batch_size(self.image_size))
         chunks = [torch.softmax(self.model(self.batch(images[i:i + batch_size])), dim=1)
                   for i in range(0, len(images), batch_size)]
         if not chunks:

@@ -178,7 +178,9 @@ def _add_session_args(p: argparse.ArgumentParser) -> None:
 
 def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     _add_session_args(p)
-    p.add_argument("--checkpoint", default="best", help="best (default), latest, or an id")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (default), latest, an iteration number, or an identifier any "
+                        "`checkpoints --style` prints (id, fine_tuned_model_checkpoint, url)")
 
 
 # -- commands -----------------------------------------------------------------------------

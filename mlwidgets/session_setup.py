@@ -1,54 +1,50 @@
-"""Create ML's session calls that are not training itself: create-or-restore, and removing
-checkpoints. Thin rules over `TrainingSession` (passed in, so this module sits below it)."""
+"""Create ML's session rules that are not training itself: restoring instead of creating,
+and removing checkpoints. Used by `TrainingSession` (passed in: this module sits below it)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_styles import find
 from .data import DataSource
-from .parameters import ModelParameters, SessionParameters
+from .parameters import ModelParameters
 
 SESSION_FILE = "session.json"
 
 
-def create_or_restore(cls: Any, data: DataSource, parameters: ModelParameters,
-                      session_parameters: SessionParameters) -> Any:
-    """A new session in `session_parameters.session_directory`, or the one already there
-    (Create ML's `makeTrainingSession`: "creates or restores").
+def restore_if_same(cls: Any, data: DataSource, parameters: ModelParameters,
+                    directory: str | os.PathLike | None) -> Any:
+    """The session already in `directory` (restored with `cls`), or None when there is none:
+    Create ML's `makeTrainingSession` "creates or restores".
 
-    Restoring checks that the session was made with the same parameters and data; a
-    different request is refused (ValueError naming what differs) instead of silently
-    training something else. A restored session keeps its own session parameters.
+    The session must have been made with the same parameters and data; a different request
+    is refused (FileExistsError naming what differs) instead of silently training
+    something else, or replacing what is there.
     """
-    directory = Path(session_parameters.session_directory or "")
-    if not session_parameters.session_directory or not (directory / SESSION_FILE).is_file():
-        sp = session_parameters
-        return cls.create(data, parameters, sp.session_directory,
-                          report_interval=sp.report_interval,
-                          checkpoint_interval=sp.checkpoint_interval, iterations=sp.iterations,
-                          keep_last=sp.keep_last, keep_best=sp.keep_best,
-                          best_metric=sp.best_metric, image_cache_mb=sp.image_cache_mb)
+    if directory is None or not (Path(directory).expanduser() / SESSION_FILE).is_file():
+        return None
     session = cls.restore(directory)
-    require_same_training(session.parameters, parameters, directory)
-    stored = session.data_fingerprint
-    if stored and stored != data.fingerprint():
-        raise ValueError(f"{directory} holds a session trained on other data than "
-                         f"{data.origin} (or the images changed since); choose a new "
-                         "session_directory, or restore this one with restore_training_session")
+    require_same_training(session.parameters, parameters, session.directory)
+    if session.data_fingerprint != data.fingerprint():
+        raise FileExistsError(
+            f"{session.directory} already holds a training session on other data than "
+            f"{data.origin} (or its images changed since); choose a new session directory, "
+            "or reopen it as it is with TrainingSession.restore(...)")
     return session
 
 
 def require_same_training(stored: ModelParameters, asked: ModelParameters, where: Any) -> None:
-    """ValueError naming the parameters that differ between a stored session and a request."""
+    """FileExistsError naming the parameters that differ between a stored session and a request."""
     a, b = stored.to_dict(), asked.to_dict()
     differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if differ:
         shown = "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} asked" for k in differ[:4])
-        raise ValueError(f"{where} already holds a session with other parameters ({shown}); "
-                         "choose a new session_directory, or restore it as it is")
+        raise FileExistsError(
+            f"{where} already holds a training session with other parameters ({shown}); "
+            "choose a new session directory, or reopen it as it is with "
+            "TrainingSession.restore(...)")
 
 
 def remove_checkpoints(session: Any, which: Callable[[Any], bool] | Iterable[Any]) -> list[str]:
@@ -57,16 +53,15 @@ def remove_checkpoints(session: Any, which: Callable[[Any], bool] | Iterable[Any
 
     Refused while the session trains. Returns the ids removed; nothing else is touched.
     """
-    if session.job is not None and session.job.state == "running":
-        raise RuntimeError("this session is training; pause() it before removing checkpoints")
-    found = session.checkpoints
+    if session.state.is_active:
+        raise RuntimeError(f"{session.directory} is training; pause it before removing "
+                           "checkpoints")
     if callable(which):
-        doomed = [c for c in found if which(c)]
+        doomed = [c for c in session.checkpoints if which(c)]
     else:
         if isinstance(which, (str, int)):
             which = [which]
-        doomed = [find(found, w, _best(session), str(session.directory))
-                  for w in which]
+        doomed = [session.checkpoint(w) for w in which]
     removed: list[str] = []
     for checkpoint in doomed:
         if checkpoint.id not in removed:
@@ -74,6 +69,3 @@ def remove_checkpoints(session: Any, which: Callable[[Any], bool] | Iterable[Any
             removed.append(checkpoint.id)
     return removed
 
-
-def _best(session: Any) -> Callable[[], Any]:
-    return lambda: session.best_checkpoint(session.session_parameters.best_metric)

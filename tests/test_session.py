@@ -178,8 +178,9 @@ def test_a_training_failure_is_reported_not_raised_in_the_thread(tiny_data_dir, 
 
 
 def test_a_session_directory_is_never_reused_by_accident(trained_dir, tiny_data, tmp_path):
+    # The same request reopens the session (create or restore); another one is refused.
     with pytest.raises(FileExistsError, match="already holds a training session"):
-        mw.TrainingSession.create(tiny_data, TINY, trained_dir)
+        mw.TrainingSession.create(tiny_data, TINY.replace(seed=1), trained_dir)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not empty"):
