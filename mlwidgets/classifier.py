@@ -22,13 +22,13 @@ import torch
 from .checkpoints import Checkpoint
 from .data import DataSource, Item
 from .images import load_array
+from .job import Job
 from .metrics import ClassifierMetrics
 from .models import inference_batch_size, skeleton_for
 from .parameters import ModelParameters, SessionParameters
 
 if TYPE_CHECKING:
     from .coreml import ExportResult, ModelMetadata
-    from .job import Job
     from .session import TrainingSession
 
 SESSIONS_FOLDER = Path("sessions")  # where a session goes when no session_directory is given
@@ -305,3 +305,7 @@ def _metadata(metadata: Any) -> ModelMetadata | None:
     if unknown:
         raise TypeError(f"unknown metadata {', '.join(unknown)}; use {', '.join(known)}")
     return ModelMetadata(**fields)
+
+
+# A finished job's `result` is built with this (job.py sits below this module).
+Job.make_result = ImageClassifier.from_checkpoint

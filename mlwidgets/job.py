@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .events import EventType, Progress, RunState
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 class Job:
     """One training run in a background thread: `wait`, `pause`, `cancel`, `state`,
     `progress`, `result`."""
+
+    # How `result` builds the classifier from a checkpoint. ImageClassifier sits above the
+    # job (it trains through sessions), so classifier.py sets this when it is imported
+    # instead of the job importing it: the layers stay one-way.
+    make_result: Callable[[Any], ImageClassifier] | None = None
 
     def __init__(self, record: SessionRecord):
         # Imported here, in the caller's thread, so fastai loads before training starts.
@@ -96,13 +102,13 @@ class Job:
     @property
     def result(self) -> ImageClassifier:
         """The classifier of the session's latest checkpoint, once the job has ended."""
-        from .classifier import ImageClassifier
-
         if not self.done:
             raise RuntimeError("the job is still running; call job.wait() first")
         if self.error is not None:
             raise RuntimeError(f"training failed: {_describe(self.error)}") from self.error
-        return ImageClassifier.from_checkpoint(self.record.checkpoint("latest"))
+        if Job.make_result is None:  # only when mlwidgets.classifier was never imported
+            raise RuntimeError("import mlwidgets.classifier to build the job's classifier")
+        return Job.make_result(self.record.checkpoint("latest"))
 
     def __repr__(self) -> str:
         p = self.progress
