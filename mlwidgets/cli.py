@@ -16,7 +16,8 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import TrainingError, describe, printable
+from .console import METRIC_COLUMNS, follow, format_metric, print_data_summary, print_table
+from .errors import describe, printable
 from .parameters import (
     ALGORITHMS,
     ARCHITECTURES,
@@ -27,8 +28,6 @@ from .parameters import (
 from .schemas import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_ITERATIONS
 
 EXIT_ERROR = 2
-METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
-                  ("valid_loss", "val loss"), ("valid_accuracy", "val acc"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +238,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
     best = _best_id(session)
     rows = [[c.id, c.phase, str(c.iteration), str(c.step_number),
              c.date.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-             *(_fmt(c.metrics.get(k)) for k, _ in METRIC_COLUMNS),
+             *(format_metric(c.metrics.get(k)) for k, _ in METRIC_COLUMNS),
              "best" if c.id == best else ""] for c in found]
     rows += [[printable(name), "DAMAGED", *[""] * (4 + len(METRIC_COLUMNS))]
              for name in sorted(damaged)]
@@ -326,60 +325,8 @@ def _export(args: argparse.Namespace) -> int:
 # -- shared output ------------------------------------------------------------------------
 
 
-def follow(session: Any, job: Any) -> int:
-    """Print each report while `job` trains; Ctrl-C pauses with a checkpoint."""
-    def show(event: dict[str, Any]) -> None:
-        if event["type"] == "report" and event["phase"] == "extracting_features":
-            print(f"  extracted features ({event['iteration']} passes over the images)"
-                  f"  [{event['elapsed']:.1f} s]", flush=True)
-        elif event["type"] == "report":
-            metrics = "  ".join(f"{h} {_fmt(event['metrics'].get(k))}" for k, h in METRIC_COLUMNS)
-            phase = "" if event["phase"] == "training" else f"{event['phase']} "
-            print(f"  {phase}iteration {event['iteration']:>3}/{event['total_iterations']}"
-                  f"  {metrics}  [{event['elapsed']:.1f} s]", flush=True)
-        elif event["type"] == "checkpoint":
-            print(f"    checkpoint {event['id']} committed", flush=True)
-
-    unsubscribe = session.on_event(show)
-    try:
-        while not job.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        print("\npausing: committing a checkpoint…", flush=True)
-        session.pause()
-    finally:
-        unsubscribe()
-    if job.state == "failed":
-        cause = describe(job.error) if job.error is not None else "no reason recorded"
-        raise TrainingError(f"training failed: {cause}", session.directory,
-                            "fix the cause, then `mlwidgets resume` continues from the "
-                            "last checkpoint")
-    print(f"Training {job.state} after {session.elapsed:.1f} s; "
-          f"{len(session.checkpoints)} checkpoint(s) in {session.directory}")
-    return 0
-
-
-def print_data_summary(data: Any) -> None:
-    counts = ", ".join(f"{c} {n}" for c, n in data.summary()["images"].items())
-    print(f"Data: {len(data)} images in {len(data.classes)} classes ({counts})")
-    for path, reason in data.skipped[:10]:
-        print(f"  skipped {printable(path)}: {printable(reason)}")
-    if len(data.skipped) > 10:
-        print(f"  … and {len(data.skipped) - 10} more skipped files")
-
-
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    for row in [headers, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-
-
 def _best_id(session: Any) -> str | None:
     try:
         return session.checkpoint("best").id
     except ValueError:
         return None
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.4f}"

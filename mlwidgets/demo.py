@@ -1,34 +1,55 @@
-"""The demo: train on a built-in dataset, restore the best checkpoint, evaluate, summarise."""
+"""The demo: train on a built-in dataset, restore the best checkpoint, evaluate, summarise.
+
+The shapes demo is Create ML's default: transfer learning on the built-in feature extractor
+(EfficientNet-Lite0, no download) at its native 224 px. The digits demo trains a small CNN
+from scratch, for contrast.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+from . import datasets
 from .classifier import ImageClassifier
-from .cli import follow, print_data_summary, print_table
+from .console import follow, print_data_summary, print_table
 from .coreml.verify import verify
 from .data import DataSource
 from .parameters import ModelParameters
 from .session import TrainingSession
 
-# Chosen by measurement on 2 CPU cores: these reach >95% validation accuracy from scratch.
+# Chosen by measurement on 2 busy CPU cores: shapes extracts and trains in well under 90 s
+# (60 images a class; 48 validation images, so one mistake still shows as 97.9%) and
+# reaches 100% validation accuracy; digits reaches >95% from scratch.
 DEMO_PARAMETERS = {
-    "shapes": ModelParameters(architecture="small_cnn", image_size=64, max_iterations=12),
-    "digits": ModelParameters(architecture="small_cnn", image_size=32, max_iterations=8),
+    "shapes": ModelParameters(max_iterations=25),
+    "digits": ModelParameters(algorithm="from_scratch", architecture="small_cnn",
+                              image_size=32, max_iterations=8),
 }
+DEMO_IMAGES_PER_CLASS = 60
+
+
+def demo_data(dataset: str, images_per_class: int | None = None) -> DataSource:
+    """The demo's built-in dataset (generated once into the cache)."""
+    if dataset == "digits":
+        return datasets.digits()
+    return datasets.shapes(images_per_class=images_per_class or DEMO_IMAGES_PER_CLASS)
 
 
 def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
-             iterations: int | None = None) -> int:
+             iterations: int | None = None, image_size: int | None = None) -> int:
     params = DEMO_PARAMETERS[dataset]
     if iterations:
         params = params.replace(max_iterations=iterations)
+    if image_size:
+        params = params.replace(image_size=image_size)
     session_dir = session_dir or Path("sessions") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     print_data_summary(data)
     session = TrainingSession.create(data, params, session_dir)
     train, valid = session.split
-    print(f"Training {params.architecture} at {params.image_size} px for "
+    what = (f"transfer learning on {params.feature_extractor}" if params.feature_extractor
+            else f"{params.architecture} from scratch")
+    print(f"Training by {what} at {params.image_size} px for "
           f"{params.max_iterations} iterations ({len(train)} training, {len(valid)} validation "
           f"images) into {session.directory}")
     follow(session, session.start())

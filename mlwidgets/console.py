@@ -1,0 +1,64 @@
+"""What the CLI and the demo print: training progress, data summaries, tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import TrainingError, describe, printable
+from .events import EventType, RunState
+
+METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
+                  ("valid_loss", "val loss"), ("valid_accuracy", "val acc"))
+
+
+def follow(session: Any, job: Any) -> int:
+    """Print each report while `job` trains; Ctrl-C pauses with a checkpoint."""
+    def show(event: dict[str, Any]) -> None:
+        if event["type"] == EventType.REPORT and event["phase"] == "extracting_features":
+            print(f"  extracted features ({event['iteration']} passes over the images)"
+                  f"  [{event['elapsed']:.1f} s]", flush=True)
+        elif event["type"] == EventType.REPORT:
+            metrics = "  ".join(f"{h} {format_metric(event['metrics'].get(k))}"
+                                for k, h in METRIC_COLUMNS)
+            phase = "" if event["phase"] == "training" else f"{event['phase']} "
+            print(f"  {phase}iteration {event['iteration']:>3}/{event['total_iterations']}"
+                  f"  {metrics}  [{event['elapsed']:.1f} s]", flush=True)
+        elif event["type"] == EventType.CHECKPOINT:
+            print(f"    checkpoint {event['id']} committed", flush=True)
+
+    unsubscribe = session.on_event(show)
+    try:
+        while not job.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        print("\npausing: committing a checkpoint…", flush=True)
+        session.pause()
+    finally:
+        unsubscribe()
+    if job.state is RunState.FAILED:
+        cause = describe(job.error) if job.error is not None else "no reason recorded"
+        raise TrainingError(f"training failed: {cause}", session.directory,
+                            "fix the cause, then `mlwidgets resume` continues from the "
+                            "last checkpoint")
+    print(f"Training {job.state} after {session.elapsed:.1f} s; "
+          f"{len(session.checkpoints)} checkpoint(s) in {session.directory}")
+    return 0
+
+
+def print_data_summary(data: Any) -> None:
+    counts = ", ".join(f"{c} {n}" for c, n in data.summary()["images"].items())
+    print(f"Data: {len(data)} images in {len(data.classes)} classes ({counts})")
+    for path, reason in data.skipped[:10]:
+        print(f"  skipped {printable(path)}: {printable(reason)}")
+    if len(data.skipped) > 10:
+        print(f"  … and {len(data.skipped) - 10} more skipped files")
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    for row in [headers, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def format_metric(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
