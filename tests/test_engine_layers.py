@@ -103,7 +103,7 @@ def test_the_engine_has_no_import_cycle():
 
 def test_the_checker_sees_imports_inside_functions_and_skips_type_checking(tmp_path):
     graph = engine_graph()
-    assert "mlwidgets.classifier" in graph["mlwidgets.job"]  # imported inside Job.result
+    assert "mlwidgets.trainer" in graph["mlwidgets.job"]  # imported inside Job.__init__
     assert "mlwidgets.session" not in graph["mlwidgets.follow"]  # only under TYPE_CHECKING
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
