@@ -16,7 +16,9 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .checkpoint_styles import STYLES
 from .console import METRIC_COLUMNS, follow, format_metric, print_data_summary, print_table
+from .coreml.export import PRECISIONS, QUANTIZATIONS
 from .errors import describe, printable
 from .parameters import (
     ALGORITHMS,
@@ -135,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("checkpoints", help="list a session's checkpoints")
     _add_session_args(c)
     c.add_argument("--json", action="store_true", help="print a JSON list")
-    c.add_argument("--style", choices=("native", "createml", "openai", "mistral"),
+    c.add_argument("--style", choices=STYLES,
                    default="native", help="shape of each JSON object")
     c.set_defaults(run=_checkpoints)
 
@@ -155,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_checkpoint_args(x)
     x.add_argument("--out", type=Path, required=True,
                    help="model file: .mlpackage (ML program) or .mlmodel (neural network)")
-    x.add_argument("--precision", choices=("float32", "float16"), default="float32")
-    x.add_argument("--quantize", choices=("int8", "palettize-4", "palettize-6", "palettize-8"),
+    x.add_argument("--precision", choices=PRECISIONS, default="float32")
+    x.add_argument("--quantize", choices=QUANTIZATIONS[1:],
                    help="compress the weights (palettize-N needs a .mlpackage)")
     x.add_argument("--author", default="")
     x.add_argument("--license", default="")
@@ -272,8 +274,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import DataSource
 
     _, checkpoint = _checkpoint(args)
+    classifier = ImageClassifier.from_checkpoint(checkpoint)  # a damaged one fails first
     data = DataSource.labeled_directories(args.data_dir)
-    metrics = ImageClassifier.from_checkpoint(checkpoint).evaluation(data)
+    metrics = classifier.evaluation(data)
     if args.json:
         print(json.dumps({"checkpoint": checkpoint.id, **metrics.to_dict()}, indent=2))
     else:
@@ -300,25 +303,20 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .classifier import ImageClassifier
     from .coreml import ModelMetadata
+    from .coreml.report import export_and_verify
 
     session, checkpoint = _checkpoint(args)
     metadata = ModelMetadata(author=args.author, short_description=args.description,
                              license=args.license, version=args.version)
     print(f"Exporting checkpoint {checkpoint.id} to {args.out}…", flush=True)
     classifier = ImageClassifier.from_checkpoint(checkpoint)
-    result = classifier.write(args.out, metadata, precision=args.precision,
-                              quantize=args.quantize, overwrite=args.overwrite)
-    kind = "ML program" if result.format == "mlprogram" else "neural network"
-    weights = result.precision + (f", {result.quantize}" if result.quantize else "")
-    print(f"Wrote {result.path}")
-    print(f"  size    {result.size_bytes / 1e6:.1f} MB ({result.size_bytes} bytes)")
-    print(f"  format  {kind} ({result.path.suffix}), {weights} weights, "
-          f"{result.seconds:.1f} s")
-    if args.verify:
-        from .coreml.verify import verify
-
-        report = verify(result.path, classifier, session.verification_images())
-        print(f"  verify  {report.summary()}")
+    images = session.verification_images() if args.verify else ()
+    report = export_and_verify(classifier, args.out, images, metadata,
+                               precision=args.precision, quantize=args.quantize,
+                               overwrite=args.overwrite)
+    print(f"Wrote {report.result.path}")
+    print_table(["", ""], [[f"  {label}", text] for label, text in report.lines()[1:]
+                           if args.verify or label != "not verified"])
     return 0
 
 

@@ -30,6 +30,7 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 MAX_JSON_LINE_BYTES = 1 << 20  # a longer events.jsonl line is damage: skipped, never held
+MAX_JSON_LINES_BYTES = 1 << 30  # a larger events.jsonl is refused (a million reports fit)
 
 
 # -- confinement -------------------------------------------------------------------------
@@ -290,11 +291,11 @@ def read_json_lines(path: Path, start: int = 0,
     not yielded, so a follower can come back for it from the returned offset. Lines that
     `parse` turns into None (damage: garbage, NUL bytes, a value that is not an object,
     a line over MAX_JSON_LINE_BYTES) are skipped. The file must be a regular file, not a
-    symlink.
+    symlink, of at most MAX_JSON_LINES_BYTES.
     """
     path = Path(path)
     try:
-        f = open_confined(path.parent, path.name)
+        f = open_confined(path.parent, path.name, max_size=MAX_JSON_LINES_BYTES)
     except FileNotFoundError:
         return
     with f:
@@ -314,11 +315,17 @@ def read_json_lines(path: Path, start: int = 0,
 
 
 def _skip_line(f: IO[bytes]) -> int:
+    """Read past the rest of an overlong line, 16 MiB at a time; the bytes skipped."""
     skipped = 0
     while True:
-        chunk = f.readline(1 << 20)
+        start = f.tell()
+        chunk = f.read(16 << 20)
+        end = chunk.find(b"\n")
+        if end >= 0:
+            f.seek(start + end + 1)
+            return skipped + end + 1
         skipped += len(chunk)
-        if not chunk or chunk.endswith(b"\n"):
+        if not chunk:
             return skipped
 
 

@@ -41,7 +41,7 @@ class Guard:
                 self.violations.append((event, repr(args)[:200]))
             elif event == "exec":
                 filename = getattr(args[0], "co_filename", "")
-                if not os.path.isfile(filename):  # imports exec files; a payload is a string
+                if not os.path.isfile(filename) and not _making_code():
                     self.violations.append((event, filename))
         except Exception:  # a guard must never change what it watches
             pass
@@ -61,6 +61,21 @@ class Guard:
         for place in (*ALWAYS_FORBIDDEN, *self.forbidden):
             if real == place or real.startswith(place.rstrip("/") + "/"):
                 self.violations.append(("open", f"{text} -> {real}"))
+
+
+# Where the standard library compiles code of its own (imports, dataclasses, namedtuples):
+# exec from there is not a payload.
+_CODE_MAKERS = ("importlib", "dataclasses.py", "collections/__init__.py", "typing.py",
+                "enum.py", "functools.py")
+
+
+def _making_code() -> bool:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if any(maker in frame.f_code.co_filename for maker in _CODE_MAKERS):
+            return True
+        frame = frame.f_back
+    return False
 
 
 GUARD = Guard()
