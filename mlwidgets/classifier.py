@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,6 @@ if TYPE_CHECKING:
     from .coreml import ExportResult, ModelMetadata
     from .session import TrainingSession
 
-SESSIONS_FOLDER = Path("sessions")  # where a session goes when no session_directory is given
 
 
 @dataclass(frozen=True)
@@ -66,7 +63,11 @@ class ImageClassifier:
         session = self.make_training_session(training_data, parameters, session_parameters)
         if not session.is_complete:
             job = self.resume(session)
-            job.wait()
+            try:
+                job.wait()
+            except KeyboardInterrupt:  # an interrupted cell stops training too, with a
+                session.pause()        # checkpoint that resuming the session continues from
+                raise
             if job.state != "completed":
                 raise RuntimeError(f"training in {session.directory} ended {job.state}"
                                    + (f": {job.error}" if job.error else "")) from job.error
@@ -122,14 +123,14 @@ class ImageClassifier:
         Restoring checks that the session was made for the same data and parameters.
         Without a session directory, the session goes into a new folder under `sessions/`.
         """
+        from .record import default_session_dir
         from .session import TrainingSession
 
         data = _data_source(training_data)
         session_parameters = session_parameters or SessionParameters()
         if session_parameters.session_directory is None:
-            unique = f"{time.strftime('session-%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
             session_parameters = session_parameters.replace(
-                session_directory=str(SESSIONS_FOLDER / unique))
+                session_directory=str(default_session_dir()))
         return TrainingSession.create(data, parameters or ModelParameters(), session_parameters)
 
     @staticmethod

@@ -62,6 +62,16 @@ def test_init_takes_a_folder_too(data, tmp_path):
     assert clf.classes == data.classes
 
 
+def test_init_raises_when_training_fails(tmp_path):
+    root = tmp_path / "shapes"
+    mw.datasets.shapes(root, images_per_class=4, image_size=32, classes=("circle", "square"))
+    data = mw.DataSource.labeled_directories(root)
+    broken = data.items[0].path
+    broken.write_bytes(b"not an image any more")
+    with pytest.raises(RuntimeError, match=f"ended failed.*{broken.name}"):
+        mw.ImageClassifier(data, QUICK, session_directory=tmp_path / "s")
+
+
 def test_from_model_is_the_low_level_constructor(clf):
     bare = mw.ImageClassifier.from_model(clf.model, clf.classes, clf.image_size)
     assert bare.checkpoint is None and bare.session is None and bare.model_parameters is None
@@ -278,6 +288,9 @@ def test_max_iterations_defaults_to_25_where_a_default_is_shown():
     assert train.iterations in (None, 25)  # None: ModelParameters' default
     commands = _parser()._subparsers._group_actions[0].choices
     assert "25" in " ".join(commands["train"].format_help().split())
+    from mlwidgets.ui.parameters import ParameterForm  # the Studio's form
+
+    assert ParameterForm().iterations.value == 25
 
 
 def test_augmentation_flags_mean_a_moderate_strength():
