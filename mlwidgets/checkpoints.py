@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schemas
-from .checkpoint_styles import OPENAI_METRICS
+from .checkpoint_styles import OPENAI_METRICS, STYLES
 from .errors import CheckpointError, MlwidgetsError
 from .files import (
     directory_committed_as,
@@ -50,7 +50,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 # A pause inside an iteration: RNG states and the iteration's data order (see resume.py).
 RESUME_FILE = "resume.safetensors"
 FORMAT = schemas.CHECKPOINT_FORMAT
-STYLES = ("native", "createml", "openai", "mistral")
 # Metrics where larger is better; every other metric (losses) is minimised.
 HIGHER_IS_BETTER = ("train_accuracy", "valid_accuracy", "batch_valid_accuracy")
 _TEMP_PREFIXES = (".tmp-", ".trash-")
@@ -318,6 +317,17 @@ def metric_is_better(metric: str, a: float, b: float) -> bool:
     return a > b if metric in HIGHER_IS_BETTER else a < b
 
 
+def best_of(checkpoints: list[Checkpoint], metric: str) -> Checkpoint | None:
+    """The one rule for "the best checkpoint": among whole checkpoints that hold a
+    classifier and a finite `metric`, the best value; the earliest on a tie."""
+    best = None
+    for c in checkpoints:
+        if c.has_model and not c.partial and _finite(c.metrics.get(metric)) and (
+                best is None or metric_is_better(metric, c.metrics[metric], best.metrics[metric])):
+            best = c
+    return best
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -406,18 +416,13 @@ class CheckpointStore:
         raise KeyError(f"no checkpoint {checkpoint_id!r} in {self.directory} (latest: {known})")
 
     def best(self, metric: str = "valid_loss") -> Checkpoint:
-        scored = [c for c in self.all()
-                  if c.has_model and not c.partial and _finite(c.metrics.get(metric))]
-        if not scored:
+        best = best_of(self.all(), metric)
+        if best is None:
             raise ValueError(
                 f"no checkpoint in {self.directory} has a {metric!r} value"
                 + (" (the session has no validation data; try metric='train_loss')"
                    if metric.startswith(("valid", "batch_valid")) and self.all() else "")
             )
-        best = scored[0]
-        for c in scored[1:]:
-            if metric_is_better(metric, c.metrics[metric], best.metrics[metric]):
-                best = c
         return best
 
     # -- writing ---------------------------------------------------------------------

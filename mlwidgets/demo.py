@@ -7,15 +7,16 @@ from scratch, for contrast.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from . import datasets
 from .classifier import ImageClassifier
 from .console import follow, print_data_summary, print_table
-from .coreml.verify import verify
+from .coreml.report import export_and_verify
 from .data import DataSource
+from .malloc import release_free_memory
 from .parameters import ModelParameters
+from .record import default_session_dir
 from .session import TrainingSession
 
 # Chosen by measurement on 2 busy CPU cores: shapes extracts and trains in well under 90 s
@@ -43,7 +44,7 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
         params = params.replace(max_iterations=iterations)
     if image_size:
         params = params.replace(image_size=image_size)
-    session_dir = session_dir or Path("sessions") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    session_dir = session_dir or default_session_dir("demo")
     print_data_summary(data)
     session = TrainingSession.create(data, params, session_dir)
     train, valid = session.split
@@ -53,13 +54,15 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
           f"{params.max_iterations} iterations ({len(train)} training, {len(valid)} validation "
           f"images) into {session.directory}")
     follow(session, session.start())
+    release_free_memory()  # the training thread's heap: evaluation and export reuse it
 
     best = session.best_checkpoint()
     classifier = ImageClassifier.from_checkpoint(best)
     metrics = classifier.evaluation(DataSource(valid, origin="the validation split"))
     print("Exporting the best checkpoint to Core ML and verifying it…", flush=True)
-    exported = classifier.write(session.directory / "exports" / f"{dataset}.mlpackage")
-    report = verify(exported.path, classifier, session.verification_images())
+    report = export_and_verify(classifier, session.directory / "exports" / f"{dataset}.mlpackage",
+                               session.verification_images())
+    exported = report.result
     print()
     print(metrics.summary())
     print()
@@ -70,7 +73,7 @@ def run_demo(data: DataSource, dataset: str, session_dir: Path | None = None,
                             f"validation loss {best.metrics['valid_loss']:.4f})"],
         ["validation accuracy", f"{metrics.accuracy:.1%} on {len(valid)} images"],
         ["Core ML model", f"{exported.path} ({exported.size_bytes / 1e6:.1f} MB)"],
-        ["verified", report.summary()],
+        *[[label, text] for label, text in report.lines()[2:]],
         ["session", str(session.directory)],
         ["checkpoints", f"{len(session.checkpoints)} in {session.store.directory}"],
         ["list them", f"mlwidgets checkpoints --session {session.directory}"],

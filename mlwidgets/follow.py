@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .events import LIVE_ONLY, EventType
 from .files import read_json_lines
 from .schemas import event_from_line
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
-LIVE_ONLY = ("batch", "progress")  # streamed, never written to events.jsonl
 
 
 class SessionFollower:
@@ -61,7 +61,7 @@ class SessionFollower:
             self._offset = offset
             if self._first_sighting(event):
                 events.append(event)
-        if any(e["type"] == "state" for e in events) and self.session.job is None:
+        if any(e["type"] == EventType.STATE for e in events) and self.session.job is None:
             self.session.refresh()  # another process changed session.json
         events.sort(key=lambda e: e.get("time", 0.0))
         return events

@@ -102,9 +102,14 @@ class SessionLock:
         return False
 
 
-def default_session_dir() -> Path:
-    """Where a session goes when no directory is given: sessions/session-<date>-<time>."""
-    return DEFAULT_SESSIONS_DIR / time.strftime("session-%Y%m%d-%H%M%S")
+def default_session_dir(kind: str = "session") -> Path:
+    """Where a session goes when no directory is given: sessions/<kind>-<date>-<time>,
+    with a short random suffix when that folder is taken (two sessions in one second)."""
+    name = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    directory = DEFAULT_SESSIONS_DIR / name
+    while directory.exists():
+        directory = DEFAULT_SESSIONS_DIR / f"{name}-{uuid.uuid4().hex[:6]}"
+    return directory
 
 
 class SessionRecord:

@@ -97,8 +97,10 @@ def test_a_refused_action_is_shown_in_the_widget_and_raised_to_code(trained_copy
     dashboard.close()
 
 
-def test_a_session_trained_elsewhere_is_followed_with_its_buttons_locked(tiny_data, tmp_path):
-    session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=3), tmp_path / "s")
+def test_a_session_trained_elsewhere_is_followed_and_paused_from_here(tiny_data, tmp_path):
+    # Long enough that the Pause click arrives while the other process still trains.
+    session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=200),
+                                        tmp_path / "s")
     running = threading.Event()
     dashboard = TrainingDashboard(mw.TrainingSession.restore(session.directory),
                                   follow_interval=0.05)
@@ -108,12 +110,14 @@ def test_a_session_trained_elsewhere_is_followed_with_its_buttons_locked(tiny_da
                                 str(session.directory)], cwd=ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert running.wait(300)
-    assert enabled(dashboard) == set()
+    assert enabled(dashboard) == {"pause", "stop"}
     assert "another process" in dashboard.progress_text.value
-    wait_for_state(dashboard, "completed")
-    assert trainer.wait(120) == 0
-    assert len(dashboard.charts.history["valid_loss"][0]) == 3
-    assert enabled(dashboard) == {"more"}
+    dashboard.buttons["pause"].click()  # reaches the other process through control.json
+    wait_for_state(dashboard, "paused")
+    out, err = trainer.communicate(timeout=120)
+    assert trainer.returncode == 0, err
+    assert "Training paused" in out and session.latest_checkpoint.partial
+    assert enabled(dashboard) == {"resume", "more"}
     dashboard.close()
 
 

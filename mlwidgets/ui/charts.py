@@ -11,6 +11,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from ..events import EventType
 from .common import COLOURS, figure
 
 MAX_POINTS = 400  # per line drawn; the stored history is never thinned
@@ -75,16 +76,16 @@ class TrainingCharts(widgets.VBox):
         changed = False
         for e in events:
             kind = e.get("type")
-            if kind == "batch" and e.get("loss") is not None:
+            if kind == EventType.BATCH and e.get("loss") is not None:
                 self._append("batch_loss", e["step"], e["loss"])
                 changed = True
-            elif kind == "report":
+            elif kind == EventType.REPORT:
                 for name, (_, metric, *_rest) in _LINES.items():
                     value = (e.get("metrics") or {}).get(metric) if metric else None
                     if value is not None:
                         self._append(name, e["step"], value)
                         changed = True
-            elif kind == "checkpoint":
+            elif kind == EventType.CHECKPOINT:
                 self.checkpoints.append({"step": e["step"], "iteration": e["iteration"],
                                          "id": e.get("id", ""), "phase": e.get("phase", "")})
                 self._dirty.add("checkpoints")

@@ -3,7 +3,6 @@ line, and live charts that follow the session, whoever trains it."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..data import DataSource
+from ..events import EventType, RunState
 from ..follow import SessionFollower
 from ..parameters import ModelParameters
 from ..session import TrainingSession
@@ -19,12 +19,9 @@ from .common import button, message, reports_errors
 from .parameters import ParameterForm
 
 Listener = Callable[[list[dict[str, Any]]], None]
-# Which buttons a session state allows (Start is only for a session not made yet).
-_ENABLED = {
-    None: {"start"}, "initialized": {"start"}, "running": {"pause", "stop"},
-    "paused": {"resume", "more"}, "interrupted": {"resume", "more"},
-    "cancelled": {"resume", "more"}, "failed": {"resume", "more"}, "completed": {"more"},
-}
+# Each button's action, as RunState names them.
+_ACTIONS = {"start": "start", "pause": "pause", "resume": "resume", "stop": "stop",
+            "more": "train_more"}
 
 
 class TrainingDashboard(widgets.VBox):
@@ -72,8 +69,8 @@ class TrainingDashboard(widgets.VBox):
     def start(self) -> None:
         """Make the session from the form's parameters (first time) and start training."""
         if self.session is None:
-            directory = self.session_dir or Path("sessions") / time.strftime("%Y%m%d-%H%M%S")
-            self.session = TrainingSession.create(self.data, self.form.parameters, directory)
+            self.session = TrainingSession.create(self.data, self.form.parameters,
+                                                  self.session_dir)
             self._attach()
             for listener in self._session_listeners:
                 listener(self.session)
@@ -101,10 +98,8 @@ class TrainingDashboard(widgets.VBox):
     @reports_errors()
     def train_more(self, iterations: int | None = None) -> None:
         """Raise the iteration budget by `iterations` (the box's value) and continue."""
-        session = self._require_session()
-        n = iterations if iterations is not None else self.more.value
-        done = session.latest_checkpoint.iteration if session.latest_checkpoint else 0
-        session.resume(iterations=max(session.iterations, done) + n)
+        self._require_session().train_more(iterations if iterations is not None
+                                           else self.more.value)
         self._started()
 
     # -- following ------------------------------------------------------------------------
@@ -139,13 +134,20 @@ class TrainingDashboard(widgets.VBox):
 
     def _show(self, events: list[dict[str, Any]]) -> None:
         self.charts.add_events(events)
-        failed = [e for e in events if e["type"] == "state" and e.get("error")]
-        if failed:
-            self.status.value = message(f"Training failed: {failed[-1]['error']}", "error")
-        elif any(e["type"] == "state" for e in events):
-            self.status.value = ""
-        preparing = [e for e in events if e["type"] == "progress"]
-        self._show_state(preparing[-1] if preparing and events[-1]["type"] != "state" else None)
+        states = [e for e in events if e["type"] == EventType.STATE]
+        if states:  # the latest state says it all: an old error never outlives it
+            last = states[-1]
+            if last.get("error"):
+                self.status.value = message(f"Training failed: {last['error']}", "error")
+            elif last.get("note"):
+                self.status.value = message(last["note"])
+            elif last["state"] == RunState.PAUSING:
+                self.status.value = message("Pausing: committing a checkpoint…")
+            else:
+                self.status.value = ""
+        preparing = [e for e in events if e["type"] == EventType.PROGRESS]
+        self._show_state(preparing[-1] if preparing and events[-1]["type"] != EventType.STATE
+                         else None)
         for listener in list(self._listeners):
             listener(events)
 
@@ -155,18 +157,18 @@ class TrainingDashboard(widgets.VBox):
 
     def _show_state(self, preparing: dict[str, Any] | None = None) -> None:
         s = self.session
-        state = self.shown_state = s.state if s is not None else None
-        elsewhere = state == "running" and s.job is None
-        allowed = set() if elsewhere else _ENABLED.get(state, set())
-        for name, b in self.buttons.items():
-            b.disabled = name not in allowed
-        self.more.disabled = "more" not in allowed
+        state = self.shown_state = s.state if s is not None else RunState.INITIALIZED
+        elsewhere = state.is_active and s.job is None
+        for name, b in self.buttons.items():  # the state says which actions make sense
+            b.disabled = not state.allows(_ACTIONS[name])
+        self.more.disabled = self.buttons["more"].disabled
         if s is None:
             self.progress_text.value = message("Set the parameters, then press Start.")
             return
         p = s.progress
         self.progress_bar.value = p.fraction_completed
-        self.progress_bar.bar_style = {"completed": "success", "failed": "danger"}.get(state, "")
+        self.progress_bar.bar_style = {RunState.COMPLETED: "success",
+                                       RunState.FAILED: "danger"}.get(state, "")
         left = f" · about {p.remaining:.0f} s left" if p.remaining is not None else ""
         where = " (trained by another process)" if elsewhere else ""
         if preparing is not None:  # decoding images or extracting features: no iteration yet

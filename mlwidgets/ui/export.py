@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..coreml.archive import download_archive_path, zip_for_download
+from ..coreml.export import PRECISIONS, QUANTIZATIONS, size_of
+from ..coreml.report import ExportReport, human_size
 from .common import button, message, reports_errors
 from .filelink import FileLink
 
@@ -22,8 +24,8 @@ if TYPE_CHECKING:
     from ..coreml import ExportResult, VerificationReport
     from ..session import TrainingSession
 
-PRECISIONS = ("float32", "float16")
-COMPRESSIONS = ("none", "int8", "palettize-6")
+# The form offers the compressions worth a newcomer's click (palettize-4 loses too much).
+COMPRESSIONS = ("none", *(q for q in QUANTIZATIONS if q in ("int8", "palettize-6")))
 VERIFICATION_IMAGES = 50
 _FIELDS = ("author", "license", "short_description", "version", "precision", "compression")
 
@@ -125,23 +127,26 @@ class ExportForm(widgets.VBox):
 
     def _write(self, target: Path) -> ExportResult:
         from ..coreml import ExportError, ModelMetadata
+        from ..coreml.report import export_and_verify
 
-        classifier = self.provide_classifier()
         metadata = ModelMetadata(author=self.author.value, license=self.license.value,
                                  short_description=self.short_description.value,
                                  version=self.version.value)
         quantize = None if self.compression.value == "none" else self.compression.value
         try:
-            result = classifier.write(target, metadata, precision=self.precision.value,
-                                      quantize=quantize)
+            report = export_and_verify(self.provide_classifier(), target,
+                                       self._verification_images(), metadata,
+                                       precision=self.precision.value, quantize=quantize)
         except ExportError as e:  # name the file: the engine's message names the step
             raise ExportError(f"{target}: {e}") from e
-        self.result = result
-        download = zip_for_download(result.path) if result.path.is_dir() else result.path
-        self.link = FileLink(download, f"Download {download.name} ({_size(download)})")
+        self.result, self.report = report.result, report.verification
+        path = report.result.path
+        download = zip_for_download(path) if path.is_dir() else path
+        size = human_size(size_of(download))
+        self.link = FileLink(download, f"Download {download.name} ({size})")
         self.download.children = (self.link,)
-        self.status.value = self._summary(result, classifier)
-        return result
+        self.status.value = self._summary(report)
+        return report.result
 
     def _target(self) -> Path:
         """The file to write; refuses, before any slow work, names that would fail or clobber."""
@@ -159,24 +164,18 @@ class ExportForm(widgets.VBox):
                 raise FileExistsError(f"{taken} already exists; choose another file name")
         return target
 
-    def _summary(self, result: ExportResult, classifier: ImageClassifier) -> str:
+    def _summary(self, report: ExportReport) -> str:
         """The status after writing: size, and the verification on validation images."""
-        from ..coreml import VerificationError, verify
-
-        wrote = (f"Wrote {result.path} · {_size(result.path)} · {result.precision}"
+        result = report.result
+        wrote = (f"Wrote {result.path} · {human_size(size_of(result.path))} · {result.precision}"
                  f"{' · ' + result.quantize if result.quantize else ''} · {result.seconds:.1f} s")
-        images = self._verification_images()
-        if not images:
-            return message(f"{wrote}\nNot verified: no images to compare on.", "success")
-        try:
-            self.report = verify(result.path, classifier, images)
-        except (VerificationError, OSError) as e:  # the model is written; say why it is unchecked
-            return message(f"{wrote}\nCould not verify it: {e}", "error")
+        if report.verification is None:
+            return message(f"{wrote}\nNot verified: {report.not_verified}.",
+                           "success" if report.not_verified.startswith("no images") else "error")
         # Compressed weights may flip a close call: worth a look, not an alarm.
-        agrees = self.report.top1_agreement == 1.0
         return (message(wrote, "success")
-                + message(f"Verified against PyTorch: {self.report.summary()}",
-                          "success" if agrees else "info"))
+                + message(f"Verified against PyTorch: {report.verification.summary()}",
+                          "success" if report.agrees else "info"))
 
     def _verification_images(self) -> list[Any]:
         if self.images is not None:
@@ -194,10 +193,3 @@ def _dataset_name(session: TrainingSession | None) -> str:
     return Path(origin).name if origin and Path(origin).is_dir() else session.directory.name
 
 
-def _size(path: Path) -> str:
-    from ..coreml.export import size_of
-
-    n = size_of(path)
-    if n < 1000:
-        return f"{n} bytes"
-    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"

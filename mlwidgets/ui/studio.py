@@ -11,6 +11,7 @@ import ipywidgets as widgets
 
 from ..classifier import ImageClassifier
 from ..data import DataSource
+from ..events import EventType
 from ..parameters import ModelParameters
 from ..record import SESSION_FILE
 from ..session import TrainingSession
@@ -83,7 +84,7 @@ class Studio(widgets.Tab):
         self._show_timeline()
 
     def _events(self, events: list[dict[str, Any]]) -> None:
-        if self.timeline is not None and any(e["type"] == "checkpoint" for e in events):
+        if self.timeline is not None and any(e["type"] == EventType.CHECKPOINT for e in events):
             # A hidden timeline catches up when shown: redrawing it for every checkpoint
             # would compete with the training thread for nothing.
             self._timeline_stale = True

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as widgets
 
-from ..checkpoints import Checkpoint, metric_is_better
+from ..checkpoints import Checkpoint, best_of
 from .common import (
     button,
     confusion_heatmap,
@@ -170,15 +170,8 @@ class CheckpointTimeline(widgets.VBox):
         return which % n
 
     def _find_best(self) -> int | None:
-        metric = self.session.session_parameters.best_metric
-        best: int | None = None
-        for i, c in enumerate(self.checkpoints):
-            value = c.metrics.get(metric)
-            if c.has_model and _finite(value) and (
-                    best is None or metric_is_better(metric, value,
-                                                     self.checkpoints[best].metrics[metric])):
-                best = i
-        return best
+        best = best_of(self.checkpoints, self.session.session_parameters.best_metric)
+        return None if best is None else self._index_of[best.id]
 
     # -- showing it ----------------------------------------------------------------------------
 
@@ -253,9 +246,10 @@ class CheckpointTimeline(widgets.VBox):
         return self.selected
 
 
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
 def _number(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
