@@ -93,7 +93,8 @@ def find(checkpoints: Sequence[Any], which: Any, best: Callable[[], Any],
     "latest"; "best" (calls `best()`); the native id (the OpenAI `id` is the same); the
     OpenAI `fine_tuned_model_checkpoint` (its step number); a Checkpoint's own url (the Create
     ML `url`); or an iteration number (int or digits): the last checkpoint of that iteration,
-    preferring one with a trained classifier (extracting features counts iterations too).
+    preferring a whole one (not a pause inside the next) with a trained classifier
+    (extracting features counts iterations too).
     KeyError naming what was asked and the latest ids when nothing matches.
     """
     if isinstance(which, bool) or not isinstance(which, (str, int)):
@@ -115,7 +116,8 @@ def find(checkpoints: Sequence[Any], which: Any, best: Callable[[], Any],
                  and c.session_id in (name["session"], "")]
     elif text.isdigit():
         found = [c for c in checkpoints if c.iteration == int(text)]
-        found = [c for c in found if c.has_model] or found
+        # A pause inside the next iteration records the last finished one: prefer whole ones.
+        found = [c for c in found if c.has_model and not c.partial] or found
     elif text.startswith("file:"):
         path = path_of_url(text)
         found = [c for c in checkpoints if c.path.resolve() == path]
