@@ -26,7 +26,7 @@ from mlwidgets.errors import MlwidgetsError
 
 made_fixture = pytest.fixture(scope="module", name="made")(hostile_session.make_session)
 
-FAST = settings(max_examples=10, deadline=None, derandomize=True,
+FAST = settings(max_examples=10, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
