@@ -183,6 +183,17 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.id} is damaged: not a valid safetensors "
                                   f"file ({reason})", self.path / name, _USE_ANOTHER) from None
 
+    def model_record(self) -> dict[str, Any]:
+        """The `model` record, checked to describe a network: architecture, classes and
+        image size (what rebuilding the classifier needs), else CheckpointError."""
+        if not self.has_model:
+            self.load_model_state()  # raises: no trained classifier here
+        missing = [k for k in ("classes", "image_size") if k not in self.model]
+        if missing:
+            raise CheckpointError(f"checkpoint {self.id} is damaged: its model record has no "
+                                  f"{missing[0]}", self.path / RECORD_FILE, _USE_ANOTHER)
+        return self.model
+
     def load_model_state(self, expected: dict[str, Any] | None = None) -> dict[str, Any]:
         """The whole network's weights: model.safetensors, plus body.safetensors if any.
 

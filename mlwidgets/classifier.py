@@ -84,9 +84,7 @@ class ImageClassifier:
         self._metrics: dict[str, ClassifierMetrics] = {}
 
     def _adopt_checkpoint(self, checkpoint: Checkpoint) -> None:
-        if not checkpoint.has_model:
-            checkpoint.load_model_state()  # refuses checkpoints without a classifier
-        record = checkpoint.model
+        record = checkpoint.model_record()  # refuses checkpoints without a classifier
         model = skeleton_for(record)
         # Names and shapes are checked against the architecture before any weight loads.
         model.load_state_dict(checkpoint.load_model_state(expected=model.state_dict()))

@@ -37,7 +37,7 @@ from pydantic_core import from_json
 from typing_extensions import NotRequired, TypedDict
 
 from .errors import MlwidgetsError, SessionError, SessionNotFoundError
-from .parameters import CLASSIFIERS, ModelParameters, SessionParameters
+from .parameters import CLASSIFIERS, ModelParameters, SessionParameters, stored_markers
 
 # -- documented limits ---------------------------------------------------------------------
 
@@ -215,7 +215,8 @@ def _stored_before_extractors(value: Any) -> Any:
     return value
 
 
-Parameters = Annotated[ModelParameters, BeforeValidator(_stored_before_extractors),
+Parameters = Annotated[ModelParameters, BeforeValidator(stored_markers),
+                       BeforeValidator(_stored_before_extractors),
                        BeforeValidator(_known_fields(ModelParameters)),
                        AfterValidator(_bounded_parameters)]
 SessionParams = Annotated[SessionParameters, BeforeValidator(_known_fields(SessionParameters)),
@@ -307,10 +308,6 @@ def load_checkpoint_record(data: bytes, where: Any, error: type[MlwidgetsError]
     record = decode_record(data, where, error)
     record = _validated(_checkpoint_record, record, where, error)
     model = record.get("model") or {}
-    missing = [k for k in ("classes", "image_size") if k not in model]
-    if "architecture" in model and missing:
-        raise error(f"model: the architecture comes without {missing[0]}", where,
-                    "the file is damaged")
     confusion = record.get("confusion")
     if confusion is not None and "classes" in model and len(confusion) != len(model["classes"]):
         raise error("its confusion matrix does not match its classes", where,
