@@ -226,9 +226,7 @@ class ModelParameters:
             raise ValueError(f"unknown model parameters: {', '.join(sorted(unknown))}")
         # Records from before feature extractors: no extractor, as they were trained.
         d = {"feature_extractor": None, **d}
-        if d.get("validation") == "data_source":  # the record's own marker restores
-            d = {**d, "validation": _SeparateValidation("data_source")}
-        return cls(**d)
+        return cls(**stored_markers(d))
 
 
 class _SeparateValidation(str):
@@ -245,6 +243,14 @@ def _native_size(feature_extractor: str | None) -> int:
     from .extractors import preprocessing
 
     return preprocessing(feature_extractor).image_size
+
+
+def stored_markers(value: Any) -> Any:
+    """A stored parameters dict with the record's own "data_source" marker made restorable
+    (a user passing that string is refused: they pass the DataSource itself)."""
+    if isinstance(value, dict) and value.get("validation") == "data_source":
+        return {**value, "validation": _SeparateValidation("data_source")}
+    return value
 
 
 def _checked_validation(v: Any) -> Any:

@@ -329,6 +329,16 @@ def test_the_records_data_source_marker_still_restores(data):
     assert mw.ModelParameters(validation=0.25).validation == 0.25
 
 
+def test_a_session_with_separate_validation_data_restores(data, tmp_path):
+    train, held_out = data.stratified_split([0.75, 0.25], seed=1)
+    params = QUICK.replace(validation=held_out, max_iterations=1)
+    session = mw.TrainingSession.create(train, params, tmp_path / "s")
+    restored = mw.TrainingSession.restore(tmp_path / "s")
+    assert restored.parameters.validation == "data_source"
+    assert len(restored.split[1]) == len(held_out)
+    assert mw.TrainingSession.create(train, params, tmp_path / "s").id == session.id
+
+
 # -- README: "Coming from Create ML" --------------------------------------------------------
 
 # Every type, method, property and enum case of the two seed documents (Create ML's
