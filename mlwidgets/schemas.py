@@ -308,10 +308,6 @@ def load_checkpoint_record(data: bytes, where: Any, error: type[MlwidgetsError]
     record = decode_record(data, where, error)
     record = _validated(_checkpoint_record, record, where, error)
     model = record.get("model") or {}
-    missing = [k for k in ("classes", "image_size") if k not in model]
-    if "architecture" in model and missing:
-        raise error(f"model: the architecture comes without {missing[0]}", where,
-                    "the file is damaged")
     confusion = record.get("confusion")
     if confusion is not None and "classes" in model and len(confusion) != len(model["classes"]):
         raise error("its confusion matrix does not match its classes", where,
