@@ -155,7 +155,9 @@ class ImageClassifier:
               session_parameters: SessionParameters | None = None) -> Job:
         """Start training in the background and return the Job at once (Create ML's
         `train(trainingData:parameters:sessionParameters:)`); `job.result` is the classifier.
-        An existing session in `session_parameters.session_directory` is continued."""
+        An existing session in `session_parameters.session_directory` is continued; one
+        that already trained all its iterations raises ValueError (`session.train_more(n)`
+        trains more)."""
         return cls.resume(cls.make_training_session(training_data, parameters,
                                                     session_parameters))
 
