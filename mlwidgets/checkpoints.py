@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import schemas, tensorfiles
 from .checkpoint_styles import OPENAI_METRICS, STYLES
 from .errors import CheckpointError, MlwidgetsError
 from .files import (
@@ -166,7 +166,7 @@ class Checkpoint:
         """{tensor name: (dtype, shape)} from a verified file's header, without its data."""
         data = self.read_verified(name)
         try:
-            return _safetensors_header(data)
+            return tensorfiles.header(data)
         except ValueError as e:
             raise CheckpointError(f"checkpoint {self.id} is damaged: not a valid safetensors "
                                   f"file ({e})", self.path / name, _USE_ANOTHER) from None
@@ -176,7 +176,7 @@ class Checkpoint:
 
         data = self.read_verified(name)
         try:
-            _safetensors_header(data)
+            tensorfiles.header(data)
             return load(data)
         except Exception as e:  # safetensors' own errors name no file
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -208,7 +208,12 @@ class Checkpoint:
             shapes: dict[str, tuple[int, ...]] = {}
             for name in names:
                 shapes.update({k: shape for k, (_, shape) in self.tensor_shapes(name).items()})
-            _require_shapes(self, shapes, expected)
+            problem = tensorfiles.mismatch(shapes, expected)
+            if problem:
+                raise CheckpointError(
+                    f"checkpoint {self.id} does not match its architecture "
+                    f"{self.model.get('architecture')!r}: {problem}", self.path / MODEL_FILE,
+                    _USE_ANOTHER)
         state: dict[str, Any] = {}
         for name in names:
             state.update(self.load_tensors(name))
@@ -545,52 +550,3 @@ def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[
     record = {"n_params": len(state["state"]), "scalars": scalars,
               "hypers": [dict(h) for h in state["hypers"]]}
     return _contiguous(tensors), record
-
-
-def _safetensors_header(data: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """{name: (dtype, shape)} from a safetensors file's header, checked for bounds: every
-    tensor lies inside the file, so nothing larger than the file is ever allocated."""
-    if len(data) < 8:
-        raise ValueError("shorter than its header")
-    size = int.from_bytes(data[:8], "little")
-    if size > min(len(data) - 8, schemas.MAX_SAFETENSORS_HEADER_BYTES):
-        raise ValueError(f"its header claims {size} bytes")
-    header = schemas.parse_json(data[8:8 + size], "safetensors header", CheckpointError)
-    if not isinstance(header, dict):
-        raise ValueError("its header is not an object")
-    body = len(data) - 8 - size
-    found: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            dtype, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-            if not (isinstance(dtype, str) and all(isinstance(n, int) and n >= 0
-                                                   for n in (*shape, begin, end))):
-                raise TypeError
-        except (TypeError, KeyError, ValueError):
-            raise ValueError(f"tensor {name[:80]!r} is described wrongly") from None
-        if not begin <= end <= body or math.prod(shape) > end - begin:
-            raise ValueError(f"tensor {name[:80]!r} lies outside the file")
-        found[name] = (dtype, tuple(shape))
-    return found
-
-
-def _require_shapes(checkpoint: Checkpoint, found: dict[str, tuple[int, ...]],
-                    expected: dict[str, Any]) -> None:
-    """The tensors of a checkpoint against a skeleton's state dict: same names and shapes."""
-    want = {k: tuple(v.shape) for k, v in expected.items()}
-    missing = sorted(set(want) - set(found))
-    unexpected = sorted(set(found) - set(want))
-    wrong = sorted(k for k in set(want) & set(found) if want[k] != found[k])
-    if missing or unexpected or wrong:
-        first = (f"no tensor {missing[0]!r}" if missing else
-                 f"an unexpected tensor {unexpected[0][:80]!r}" if unexpected else
-                 f"tensor {wrong[0]!r} has shape {list(found[wrong[0]])}, "
-                 f"not {list(want[wrong[0]])}")
-        count = len(missing) + len(unexpected) + len(wrong)
-        raise CheckpointError(
-            f"checkpoint {checkpoint.id} does not match its architecture "
-            f"{checkpoint.model.get('architecture')!r}: {first}"
-            + (f" (and {count - 1} more)" if count > 1 else ""),
-            checkpoint.path / MODEL_FILE, _USE_ANOTHER)

@@ -17,8 +17,6 @@ Limits, each checked before anything is allocated from the value:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import re
 from pathlib import Path
@@ -33,22 +31,27 @@ from pydantic import (
     ValidationError,
     with_config,
 )
-from pydantic_core import from_json
 from typing_extensions import NotRequired, TypedDict
 
 from .errors import MlwidgetsError, SessionError, SessionNotFoundError
+from .jsonfiles import (  # noqa: F401  (encode_record too: formats are looked up here)
+    DIGEST_KEY,
+    MAX_DEPTH,
+    decode_record,
+    encode_record,
+    parse_json,
+)
 from .parameters import CLASSIFIERS, ModelParameters, SessionParameters, stored_markers
 
 # -- documented limits ---------------------------------------------------------------------
 
 MAX_IMAGE_SIZE = 1024  # the model's input side, pixels
 MAX_ASPECT_RATIO = 100  # of an image file, long side over short side
-MAX_ITERATIONS = 10**6
+MAX_ITERATIONS = 10**6  # (MAX_DEPTH, the nesting of any JSON value, is in jsonfiles.py)
 MAX_CLASSES = 10_000
 MAX_BATCH_SIZE = 65_536
 MAX_LABEL_CHARS = 255
 MAX_PATH_CHARS = 4096
-MAX_DEPTH = 32  # nesting of any JSON value
 MAX_STEPS = 10**12
 MAX_TIME = 1e11  # seconds since 1970 (year 5138): a time stamp beyond is damage
 MAX_PARAM_TENSORS = 100_000  # optimizer records: parameter tensors of one network
@@ -57,7 +60,6 @@ MAX_SESSION_RECORD_BYTES = 16 << 20  # session.json, an export record
 MAX_DATA_RECORD_BYTES = 512 << 20  # data.json: paths of up to millions of images
 MAX_EVENT_LINE_BYTES = 1 << 20  # one line of events.jsonl
 MAX_TENSOR_FILE_BYTES = 8 << 30  # one .safetensors file of a checkpoint
-MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
 
 __doc__ += f"""
 image size <= {MAX_IMAGE_SIZE} px; aspect ratio <= {MAX_ASPECT_RATIO}; decoded pixels within
@@ -73,74 +75,8 @@ STATES = ("initialized", "running", "paused", "completed", "cancelled", "failed"
           "interrupted")
 CHECKPOINT_FORMAT = "mlwidgets.checkpoint/1"
 SESSION_FORMAT = "mlwidgets.session/1"
-DIGEST_KEY = "digest"
-_ZERO_DIGEST = "sha256:" + "0" * 64
-_DIGEST_TAIL = re.compile(rb'"digest": "sha256:([0-9a-f]{64})"\n}\n\Z')
 # A file name inside a checkpoint: one plain component, never hidden, never a path.
 FILE_NAME = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
-
-# -- bounded JSON --------------------------------------------------------------------------
-
-
-def parse_json(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError) -> Any:
-    """JSON from bytes: no NaN or infinity, nesting at most MAX_DEPTH, else `error`."""
-    try:
-        value = from_json(data, allow_inf_nan=False)
-    except ValueError as e:
-        raise error("not valid JSON", where, f"{e}; the file is damaged") from None
-    problem = _json_problem(value)
-    if problem:
-        raise error(f"{problem} in its JSON", where, "the file is damaged") from None
-    return value
-
-
-def _json_problem(value: Any, depth: int = 0) -> str | None:
-    if depth > MAX_DEPTH:
-        return f"nesting deeper than {MAX_DEPTH}"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "a number out of range"
-    if isinstance(value, dict):
-        items: Any = value.values()
-    elif isinstance(value, list):
-        items = value
-    else:
-        return None
-    for item in items:
-        if isinstance(item, (dict, list, float)):
-            problem = _json_problem(item, depth + 1)
-            if problem:
-                return problem
-    return None
-
-
-def encode_record(record: dict[str, Any]) -> bytes:
-    """A record as the bytes of its file, ending with the digest of those bytes."""
-    body = {k: v for k, v in record.items() if k != DIGEST_KEY}
-    text = json.dumps({**body, DIGEST_KEY: _ZERO_DIGEST}, indent=2, allow_nan=False) + "\n"
-    data = text.encode()
-    digest = hashlib.sha256(data).hexdigest()
-    return data.replace(_ZERO_DIGEST.encode(), f"sha256:{digest}".encode())
-
-
-def decode_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                  ) -> dict[str, Any]:
-    """A record from its file's bytes, its digest checked when it has one."""
-    value = parse_json(data, where, error)
-    if not isinstance(value, dict):
-        raise error(f"holds a JSON {type(value).__name__}, not a record", where,
-                    "the file is damaged")
-    if DIGEST_KEY in value:
-        tail = _DIGEST_TAIL.search(data)
-        if tail is None or f"sha256:{tail.group(1).decode()}" != value[DIGEST_KEY]:
-            raise error("its digest is not where it was written", where, "the file is damaged")
-        start, end = tail.span(1)
-        unsigned = data[:start] + b"0" * 64 + data[end:]
-        if hashlib.sha256(unsigned).hexdigest() != tail.group(1).decode():
-            raise error("its bytes do not match its digest", where,
-                        "the file was changed or damaged after it was written")
-        del value[DIGEST_KEY]
-    return value
-
 
 # -- shared field types ----------------------------------------------------------------------
 
