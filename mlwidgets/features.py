@@ -26,11 +26,12 @@ import torch
 
 from .augment import augment_batch
 from .data import Item
+from .errors import UnsafeFileError
 from .extractors import BUILT_IN, LITE0_SHA256, TORCHVISION
 from .files import (
     directory_committed_as,
     link_or_copy,
-    read_json,
+    read_confined,
     sha256_bytes,
     write_bytes_durably,
 )
@@ -185,18 +186,36 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
 
 
 def load(path: Path) -> ExtractedFeatures:
-    """Read cached features, checking every file against its recorded sha256."""
+    """Read cached features, checking every file against its recorded sha256. Files are
+    read only from inside the folder, never through a link, sizes checked first."""
     from safetensors.torch import load as from_bytes
 
-    from .checkpoints import CheckpointError
+    from . import schemas
+    from .errors import CheckpointError, MlwidgetsError, describe
 
-    record = read_json(path / RECORD_FILE)
-    expected = record["files"][FEATURES_FILE]
-    data = (path / FEATURES_FILE).read_bytes()
-    if len(data) != expected["size"] or sha256_bytes(data) != expected["sha256"]:
-        raise CheckpointError(f"{path / FEATURES_FILE} is corrupted or was modified; "
-                              "delete that folder and its features are extracted again")
-    return ExtractedFeatures(path, from_bytes(data), record)
+    root, name = path.parent, path.name
+    try:
+        if root.is_symlink():
+            raise UnsafeFileError("a symlink inside the session", root,
+                                  "sessions must hold their own files")
+        record = schemas.load_features_record(read_confined(
+            root, f"{name}/{RECORD_FILE}", max_size=schemas.MAX_SESSION_RECORD_BYTES),
+            path / RECORD_FILE)
+        blobs = {}
+        for file_name in (FEATURES_FILE, BODY_FILE):
+            expected = record["files"][file_name]
+            blobs[file_name] = read_confined(root, f"{name}/{file_name}",
+                                             max_size=schemas.MAX_TENSOR_FILE_BYTES,
+                                             expected_size=expected["size"])
+            if sha256_bytes(blobs[file_name]) != expected["sha256"]:
+                raise UnsafeFileError("its sha256 does not match features.json",
+                                      path / file_name, "")
+        tensors = from_bytes(blobs[FEATURES_FILE])
+    except (MlwidgetsError, OSError, ValueError) as e:
+        raise CheckpointError(f"the extracted features are damaged: {describe(e)}", path,
+                              "delete that folder and its features are extracted again"
+                              ) from None
+    return ExtractedFeatures(path, tensors, record)
 
 
 def find(directory: Path, key: dict[str, Any]) -> ExtractedFeatures | None:

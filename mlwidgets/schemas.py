@@ -437,6 +437,25 @@ def event_from_line(raw: bytes) -> dict[str, Any] | None:
         return None
 
 
+# -- features/<key>/features.json (the extracted-features cache) -------------------------
+
+
+@with_config(ConfigDict(extra="forbid"))
+class FeaturesRecord(TypedDict):
+    key: Annotated[dict[Annotated[str, Field(max_length=64)], Json], Field(max_length=64)]
+    files: Annotated[dict[Literal["features.safetensors", "body.safetensors"], FileRecord],
+                     Field(min_length=2)]
+
+
+_features_record = TypeAdapter(FeaturesRecord)
+
+
+def load_features_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
+                         ) -> dict[str, Any]:
+    """A features cache's record from its bytes: its key and its two files' hashes."""
+    return _validated(_features_record, decode_record(data, where, error), where, error)
+
+
 # -- exports/*.json ------------------------------------------------------------------------
 
 
