@@ -36,7 +36,7 @@ from .files import (
     write_bytes_durably,
 )
 from .loaders import ImageDataset
-from .models import split_features_and_classifier
+from .models import inference_batch_size, split_features_and_classifier
 from .parameters import ModelParameters
 
 FEATURES_DIR = "features"
@@ -79,12 +79,6 @@ def feature_key(params: ModelParameters, fingerprint: str) -> dict[str, Any]:
     return key if fx is None else {**key, "feature_extractor": fx}
 
 
-def extraction_batch_size(image_size: int) -> int:
-    """Images a forward pass: about 32 at 224 px, more for smaller ones (measured on 2
-    cores: larger batches gain nothing and cost memory)."""
-    return max(8, min(128, round(32 * (224 / image_size) ** 2)))
-
-
 def key_name(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -109,7 +103,7 @@ def extract(model: torch.nn.Module, train: Sequence[Item], valid: Sequence[Item]
 
     features, _ = split_features_and_classifier(model)
     features.eval()
-    batch_size = extraction_batch_size(params.image_size)
+    batch_size = inference_batch_size(params.image_size)
 
     def in_order(items: Sequence[Item]) -> Any:
         return DataLoader(ImageDataset(items, classes, params.image_size),

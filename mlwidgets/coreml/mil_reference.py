@@ -243,6 +243,7 @@ class MILReference:
             raise VerificationError(f"{source} is not a classifier (no classify operation)")
         op, bindings = classify
         self.output = op.outputs[1].name
+        self.drops = _last_uses(self.steps, keep={self.output, *self.constants})
         self.classes = [str(np.asarray(c).item())
                         for c in self._arguments({"classes": bindings["classes"]}, self.constants,
                                                 "classify")["classes"]]
@@ -275,9 +276,29 @@ class MILReference:
         x = ops.channels_for(pixels, self.color_space, self.size).astype(self.input_type)
         env = dict(self.constants)
         env[self.input_name] = x
-        for op, where, bindings in self.steps:
+        for (op, where, bindings), drop in zip(self.steps, self.drops):
             env.update(self._execute(op, where, bindings, env, len(x)))
+            for name in drop:  # a 224 px batch would otherwise keep every activation
+                del env[name]
         return np.asarray(env[self.output], dtype=np.float32).reshape(len(x), -1)
+
+
+def _last_uses(steps: list[tuple[Any, str, dict[str, list[Any]]]],
+               keep: set[str]) -> list[list[str]]:
+    """For each step, the variables no later step reads (to free once it has run)."""
+    last: dict[str, int] = {}
+    for i, (op, _, bindings) in enumerate(steps):
+        for values in bindings.values():
+            for kind, name in values:
+                if kind == "var":
+                    last[name] = i
+        for out in op.outputs:  # an output nothing reads is freed where it is made
+            last.setdefault(out.name, i)
+    drops: list[list[str]] = [[] for _ in steps]
+    for name, i in last.items():
+        if name not in keep:
+            drops[i].append(name)
+    return drops
 
 
 def _stored(value: Any, output: Any) -> Any:

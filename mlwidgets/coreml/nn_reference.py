@@ -235,6 +235,7 @@ class NNReference:
         labels = nn.WhichOneof("ClassLabels")
         self.classes = [str(c) for c in getattr(nn, labels).vector] if labels else []
         self.output = nn.labelProbabilityLayerName or self.layers[-1].output[0]
+        self.drops = _last_uses(self.layers, self.output)
         self.scale, self.bias = np.float32(1), np.zeros((1, 3, 1, 1), np.float32)
         for pre in nn.preprocessing:
             if pre.featureName not in ("", self.input_name):
@@ -266,4 +267,19 @@ class NNReference:
                 kind = layer.WhichOneof("layer")
                 raise VerificationError(f"{kind} failed at {where}: {e}") from e
             blobs[layer.output[0]] = np.asarray(out, np.float32)
+            for name in self.drops[i]:  # a 224 px batch would otherwise keep every activation
+                blobs.pop(name, None)
         return blobs[self.output].reshape(len(x), -1)
+
+
+def _last_uses(layers: list[Any], keep: str) -> list[list[str]]:
+    """For each layer, the blobs no later layer reads (to free once it has run)."""
+    last: dict[str, int] = {}
+    for i, layer in enumerate(layers):
+        for name in [*layer.input, layer.output[0]]:
+            last[name] = i
+    drops: list[list[str]] = [[] for _ in layers]
+    for name, i in last.items():
+        if name != keep:
+            drops[i].append(name)
+    return drops

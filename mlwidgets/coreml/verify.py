@@ -68,16 +68,19 @@ class Runner(Protocol):
 
 
 def verify(model_path: str | os.PathLike, classifier: ImageClassifier, images: Sequence[Any],
-           batch_size: int = 32, backend: str = "auto") -> VerificationReport:
+           batch_size: int | None = None, backend: str = "auto") -> VerificationReport:
     """Run `images` (paths or PIL images) through the export and the classifier, and compare.
 
     `backend` is "auto" (Core ML where it can predict, else the NumPy reference),
-    "coreml" or "numpy-reference".
+    "coreml" or "numpy-reference". `batch_size` None: 32 images a batch at 64 px, 8 at
+    224 px (the NumPy reference's memory grows with the pixels of a batch).
     """
     import torch
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if batch_size is None:
+        batch_size = max(1, min(32, round(8 * (224 / classifier.image_size) ** 2)))
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     images = list(images)
