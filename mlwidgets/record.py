@@ -31,7 +31,7 @@ from .events import Observers, RunState
 from .files import (
     append_json_line,
     end_partial_line,
-    read_json,
+    read_confined,
     read_json_lines,
     write_atomic,
     write_json_atomic,
@@ -311,14 +311,14 @@ class SessionRecord:
 
     def read_request(self) -> tuple[str, int | None] | None:
         """The pending (action, at_step), or None."""
-        try:
-            found = read_json(self.control_path)
-        except (FileNotFoundError, ValueError):
+        try:  # confined and bounded: a link, FIFO or huge file is no request
+            found = schemas.control_from_bytes(read_confined(
+                self.directory, CONTROL_FILE, max_size=schemas.MAX_CONTROL_BYTES))
+        except (OSError, ValueError):
             return None
-        if not isinstance(found, dict) or found.get("action") not in CONTROL_ACTIONS:
+        if found is None or found["action"] not in CONTROL_ACTIONS:
             return None
-        at_step = found.get("at_step")
-        return found["action"], at_step if isinstance(at_step, int) else None
+        return found["action"], found.get("at_step")
 
     def clear_request(self) -> None:
         try:

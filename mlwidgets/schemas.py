@@ -437,6 +437,30 @@ def event_from_line(raw: bytes) -> dict[str, Any] | None:
         return None
 
 
+# -- control.json (a pause or stop request for the trainer) -------------------------------
+
+MAX_CONTROL_BYTES = 4096
+
+
+@with_config(ConfigDict(extra="allow"))
+class ControlRecord(TypedDict):
+    action: Literal["pause", "stop"]
+    at_step: NotRequired[Step | None]
+    time: NotRequired[Time]
+
+
+_control_record = TypeAdapter(ControlRecord)
+
+
+def control_from_bytes(data: bytes) -> dict[str, Any] | None:
+    """control.json's request, or None when it holds none that is valid (a request is
+    advisory: a damaged one is ignored, never an error)."""
+    try:
+        return _control_record.validate_python(decode_record(data, "control.json"))
+    except (MlwidgetsError, ValidationError):
+        return None
+
+
 # -- features/<key>/features.json (the extracted-features cache) -------------------------
 
 
