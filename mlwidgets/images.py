@@ -22,6 +22,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import DataNotFoundError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
@@ -123,7 +125,7 @@ def open_image(source: str | os.PathLike | Image.Image | bytes) -> Image.Image:
         with open_regular(path) as f:
             return _decoded(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
+        raise DataNotFoundError("no such image file", path, "check the path") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f"{path} cannot be read as an image: {e}") from None
 
