@@ -555,3 +555,15 @@ def test_a_control_file_that_is_a_fifo_is_ignored_without_waiting(case):
     session = restore(case)
     request, error = run(case, lambda: session.record.read_request())
     assert error is None and request is None
+
+
+def test_a_model_is_never_exported_through_a_link_out_of_its_session(case, tmp_path):
+    from mlwidgets.coreml.export import refuse_links_in_session
+
+    os.symlink(case / "elsewhere", session_of(case) / "exports")
+    classifier = load_latest(case)
+    _, error = run(case, lambda: refuse_links_in_session(
+        classifier, session_of(case) / "exports" / "m.mlpackage"))
+    assert isinstance(error, UnsafeFileError) and "exports" in str(error)
+    _, error = run(case, lambda: refuse_links_in_session(classifier, tmp_path / "m.mlpackage"))
+    assert error is None  # anywhere outside the session is the user's choice

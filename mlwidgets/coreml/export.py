@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import fsync_dir, fsync_tree
+from ..files import check_confined, fsync_dir, fsync_tree
 from . import metadata as md
 from .metadata import ModelMetadata
 
@@ -73,6 +73,7 @@ def export(classifier: ImageClassifier, path: str | os.PathLike,
     started = time.perf_counter()
     path = Path(path)
     fmt = check_options(path, precision, quantize)
+    refuse_links_in_session(classifier, path)
     architecture = architecture_of(classifier)
     if architecture is not None and architecture not in CONVERTIBLE_ARCHITECTURES:
         raise ValueError(f"{architecture} cannot be exported to Core ML yet; architectures that "
@@ -90,6 +91,18 @@ def export(classifier: ImageClassifier, path: str | os.PathLike,
                           time.perf_counter() - started)
     record = md.record_export(classifier, result, metadata)
     return dataclasses.replace(result, record=record) if record else result
+
+
+def refuse_links_in_session(classifier: ImageClassifier, path: Path) -> None:
+    """A model written into its own session (`exports/`, say) never goes through a link
+    that leads out of it: UnsafeFileError naming the link, before any work."""
+    checkpoint = classifier.checkpoint
+    if checkpoint is None:
+        return
+    session_dir = Path(os.path.abspath(checkpoint.path.parent.parent))
+    folder = Path(os.path.abspath(path)).parent
+    if folder != session_dir and session_dir in folder.parents:
+        check_confined(session_dir, folder.relative_to(session_dir))
 
 
 def check_options(path: Path, precision: str, quantize: str | None) -> str:
