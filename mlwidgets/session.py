@@ -209,6 +209,13 @@ class TrainingSession:
         return self.store.all()
 
     @property
+    def damaged_checkpoints(self) -> dict[str, str]:
+        """The checkpoints that cannot be used, by id, each with one line saying why and
+        naming the file: a viewer lists them as damaged instead of hiding them."""
+        self.store.all()
+        return {name: str(error) for name, error in sorted(self.store.damaged.items())}
+
+    @property
     def latest_checkpoint(self) -> Checkpoint | None:
         return self.store.latest()
 

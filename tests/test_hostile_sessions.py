@@ -567,3 +567,12 @@ def test_a_model_is_never_exported_through_a_link_out_of_its_session(case, tmp_p
     assert isinstance(error, UnsafeFileError) and "exports" in str(error)
     _, error = run(case, lambda: refuse_links_in_session(classifier, tmp_path / "m.mlpackage"))
     assert error is None  # anywhere outside the session is the user's choice
+
+
+def test_a_session_names_its_damaged_checkpoints_for_viewers(case):
+    ckpt = checkpoint_dirs(case)[0]
+    (ckpt / "checkpoint.json").write_text("{")
+    session = mw.TrainingSession.restore(session_of(case))
+    damaged = session.damaged_checkpoints
+    assert list(damaged) == [ckpt.name] and "checkpoint.json" in damaged[ckpt.name]
+    assert [c.id for c in session.checkpoints] == [checkpoint_dirs(case)[1].name]
