@@ -18,6 +18,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -39,14 +40,50 @@ Progress = Callable[[int, int], object]
 
 
 def default_cache_mb() -> float:
-    """The default budget in MiB: a quarter of physical memory, at most 2048 MiB."""
+    """The default budget in MiB: a quarter of the memory this process may use (physical
+    memory, or the container's cgroup limit when lower: Binder's 2 GB, say), at most 2048."""
     try:
         physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # not a POSIX system
+        physical = 0
+    limits = [b for b in (physical, cgroup_memory_limit()) if b and b > 0]
+    if not limits:
         return float(MAX_DEFAULT_CACHE_MB)
-    if physical <= 0:
-        return float(MAX_DEFAULT_CACHE_MB)
-    return min(float(MAX_DEFAULT_CACHE_MB), physical / 4 / MiB)
+    return min(float(MAX_DEFAULT_CACHE_MB), min(limits) / 4 / MiB)
+
+
+_UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a number near 2**63
+
+
+def cgroup_memory_limit(root: str | os.PathLike = "/sys/fs/cgroup",
+                        proc_cgroup: str | os.PathLike = "/proc/self/cgroup") -> int | None:
+    """The tightest memory limit, in bytes, of this process's cgroups (v2 `memory.max`,
+    v1 `memory.limit_in_bytes`, its own and its ancestors'), or None when there is none."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    base, candidates = Path(root), []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: one unified hierarchy
+            folder, name = base, "memory.max"
+        elif "memory" in controllers.split(","):
+            folder, name = base / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p != ".."]
+        # The process's own cgroup and every ancestor (a container sees its own as "/").
+        candidates += [folder.joinpath(*parts[:n], name) for n in range(len(parts), -1, -1)]
+    limits = []
+    for file in candidates:
+        try:
+            text = file.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < _UNLIMITED:
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def cache_bytes(n_images: int, image_size: int) -> int:

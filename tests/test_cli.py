@@ -46,8 +46,8 @@ def test_evaluate_and_predict(trained_dir, tiny_data_dir, tiny_data):
 
 def test_train_then_resume_from_the_terminal(tiny_data_dir, tmp_path):
     session = tmp_path / "cli-session"
-    trained = cli("train", tiny_data_dir, "--session", session, "--image-size", "32",
-                  "--iterations", "2", "--batch-size", "16")
+    trained = cli("train", tiny_data_dir, "--session", session, "--architecture", "small_cnn",
+                  "--image-size", "32", "--iterations", "2", "--batch-size", "16")
     assert trained.returncode == 0, trained.stderr
     assert "iteration   2/2" in trained.stdout and "completed" in trained.stdout
     resumed = cli("resume", "--session", session, "--iterations", "3")
@@ -73,8 +73,8 @@ def test_ctrl_c_during_training_pauses_with_a_checkpoint(tiny_data_dir, tmp_path
 
     session = tmp_path / "interrupted"
     child = subprocess.Popen([sys.executable, "-m", "mlwidgets", "train", str(tiny_data_dir),
-                              "--session", str(session), "--image-size", "32",
-                              "--iterations", "200"],
+                              "--session", str(session), "--architecture", "small_cnn",
+                              "--image-size", "32", "--iterations", "200"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in child.stdout:  # wait for the first committed checkpoint, then press Ctrl-C
         if "checkpoint" in line:
@@ -99,11 +99,15 @@ def test_export_with_verify_prints_the_file_and_the_check(trained_dir, tmp_path)
 @pytest.mark.slow
 def test_demo_trains_exports_verifies_and_summarises(tmp_path):
     session = tmp_path / "demo"
-    result = cli("demo", "--session", session, "--iterations", "2")
+    # The demo's own transfer learning on the built-in extractor, small and quick.
+    result = cli("demo", "--session", session, "--iterations", "2", "--image-size", "64",
+                 "--images-per-class", "10")
     assert result.returncode == 0, result.stderr
+    assert "transfer learning on efficientnet_lite0 at 64 px" in result.stdout
     for line in ("best checkpoint", "validation accuracy", "Core ML model", "verified"):
         assert line in result.stdout
     assert (session / "exports" / "shapes.mlpackage").is_dir()
     listed = json.loads(cli("checkpoints", "--session", session, "--json", "--style",
                             "openai").stdout)
-    assert [c["object"] for c in listed] == ["fine_tuning.job.checkpoint"] * 2
+    # extracting_features, then training iterations 1 and 2
+    assert [c["object"] for c in listed] == ["fine_tuning.job.checkpoint"] * 3

@@ -113,6 +113,29 @@ def test_budget_default_and_bad_values() -> None:
             fits_in_cache(10, 64, bad)
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_default_budget_follows_the_container_memory_limit(tmp_path: Path, monkeypatch,
+                                                               version: str) -> None:
+    import mlwidgets.image_cache as image_cache
+
+    root, proc = tmp_path / "cgroup", tmp_path / "cgroup.txt"
+    if version == "v2":  # Binder: 2 GiB on the container's own cgroup, none above it
+        proc.write_text("0::/kubepods/pod1/binder\n")
+        (root / "kubepods" / "pod1" / "binder").mkdir(parents=True)
+        (root / "kubepods" / "pod1" / "binder" / "memory.max").write_text(f"{2 << 30}\n")
+        (root / "kubepods" / "memory.max").write_text("max\n")
+    else:  # a limit on a parent, "unlimited" (a huge number) on the process's own
+        proc.write_text("5:cpu,cpuacct:/docker/abc\n4:memory:/docker/abc\n")
+        (root / "memory" / "docker" / "abc").mkdir(parents=True)
+        (root / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text(
+            "9223372036854771712\n")
+        (root / "memory" / "docker" / "memory.limit_in_bytes").write_text(f"{2 << 30}\n")
+    assert image_cache.cgroup_memory_limit(root, proc) == 2 << 30
+    assert image_cache.cgroup_memory_limit(tmp_path / "none", tmp_path / "none") is None
+    monkeypatch.setattr(image_cache, "cgroup_memory_limit", lambda: 2 << 30)
+    assert default_cache_mb() == 512  # a quarter of the container's 2 GiB
+
+
 def test_a_corrupt_file_raises_naming_it(tmp_path: Path) -> None:
     items = []
     for k in range(6):

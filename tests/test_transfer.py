@@ -42,7 +42,7 @@ def test_weights_make_transfer_learning_the_default(backbone):
     assert params.algorithm == "transfer_learning"
     assert params.phases == ["extracting_features", "training"]
     with pytest.raises(ValueError, match="pretrained"):
-        mw.ModelParameters(algorithm="transfer_learning")
+        mw.ModelParameters(feature_extractor=None, algorithm="transfer_learning")
 
 
 def test_features_are_extracted_once_then_the_classifier_trains(transferred):
