@@ -125,4 +125,5 @@ def test_post_build_succeeds_without_a_network(tmp_path):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "could not pre-fetch the resnet18 weights" in done.stdout
+    assert "the built-in feature extractor is ready" in done.stdout  # no download needed
     assert "shapes" in done.stdout and "digits" in done.stdout  # the datasets were prepared

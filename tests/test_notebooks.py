@@ -77,6 +77,7 @@ def test_notebook_runs_without_errors(path: Path, tmp_path: Path, kernel_specs,
     # and a developer's own sessions next to the real notebooks are not copied along.
     notebook = Path(shutil.copy(path, tmp_path))
     monkeypatch.setenv(BUDGET_VARIABLE, BUDGET)  # the kernel inherits the environment
+    monkeypatch.setenv("MLWIDGETS_TUTORIAL_IMAGES", "12")  # shapes a class, where asked
     nb = nbformat.read(notebook, as_version=4)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=kernel_specs)
     assert km.kernel_spec.argv[0] == sys.executable
