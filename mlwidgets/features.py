@@ -33,6 +33,7 @@ from .files import (
     link_or_copy,
     read_confined,
     sha256_bytes,
+    sha256_of_file,
     write_bytes_durably,
 )
 from .loaders import ImageDataset
@@ -64,7 +65,7 @@ def feature_key(params: ModelParameters, fingerprint: str) -> dict[str, Any]:
     """
     fx = params.feature_extractor
     if params.weights_file:
-        weights = "sha256:" + sha256_bytes(Path(params.weights_file).read_bytes())
+        weights = "sha256:" + sha256_of_file(params.weights_file)
     elif fx == BUILT_IN:
         weights = f"builtin:{LITE0_SHA256[:16]}"
     elif fx is not None:

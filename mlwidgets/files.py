@@ -91,14 +91,19 @@ def _refuse_link(e: OSError, root: Path, parts: tuple[str, ...], part: str) -> N
     e.filename = str(where)
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "a folder" if stat.S_ISDIR(mode) else "a socket or special file"
+
+
 def _require_regular(fd: int, where: Path, max_size: int | None,
                      expected_size: int | None) -> int:
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(
-            st.st_mode) or stat.S_ISBLK(st.st_mode) else "a folder" if stat.S_ISDIR(
-            st.st_mode) else "a socket or special file")
-        raise UnsafeFileError(f"{kind} where a file belongs", where,
+        raise UnsafeFileError(f"{_kind(st.st_mode)} where a file belongs", where,
                               "only regular files are read or written")
     if expected_size is not None and st.st_size != expected_size:
         raise UnsafeFileError(f"its size is {st.st_size} bytes, not the {expected_size} "
@@ -257,6 +262,22 @@ def read_json(path: Path, max_size: int = 64 << 20) -> Any:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of_file(path: str | os.PathLike) -> str:
+    """The sha256 of a regular file, read 1 MiB at a time (a FIFO or device is refused at
+    once, never waited on or read without end)."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):  # refused without even opening it
+        raise UnsafeFileError(f"{_kind(mode)} where a file belongs", path,
+                              "only regular files are read")
+    fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        _require_regular(fd, Path(path), None, None)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def append_json_line(path: Path, obj: Any) -> None:

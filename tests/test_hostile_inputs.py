@@ -372,3 +372,18 @@ def test_the_worst_inputs_are_refused_within_a_2_gib_address_space_cap(made, tmp
         else:
             assert outcome.split(":")[0] in ("CheckpointError", "SessionError", "ValueError",
                                               "LimitError"), (name, outcome)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_weights_file_that_is_no_file_is_refused_without_reading(tmp_path, kind):
+    from mlwidgets.errors import UnsafeFileError
+    from mlwidgets.features import feature_key
+
+    path = tmp_path / "weights.safetensors"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    params = mw.ModelParameters(architecture="resnet18", weights_file=str(path))
+    _, error = within(10, lambda: feature_key(params, "fingerprint"))
+    assert isinstance(error, UnsafeFileError) and "weights.safetensors" in str(error)
