@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get("MLWIDGETS_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    for stream in (sys.stdout, sys.stderr):  # a name no terminal can show is escaped, not fatal
+        try:
+            stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            pass
     args = _parser().parse_args(argv)
     try:
         return args.run(args) or 0
@@ -238,7 +243,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
         print(f"{session.directory} has no checkpoints yet ({session.state})")
         return 0
     best = _best_id(session)
-    rows = [[c.id, c.phase, str(c.iteration), str(c.step_number),
+    rows = [[printable(c.id), c.phase, str(c.iteration), str(c.step_number),
              c.date.astimezone().strftime("%Y-%m-%d %H:%M:%S"),
              *(format_metric(c.metrics.get(k)) for k, _ in METRIC_COLUMNS),
              "best" if c.id == best else ""] for c in found]

@@ -387,3 +387,14 @@ def test_a_weights_file_that_is_no_file_is_refused_without_reading(tmp_path, kin
     params = mw.ModelParameters(architecture="resnet18", weights_file=str(path))
     _, error = within(10, lambda: feature_key(params, "fingerprint"))
     assert isinstance(error, UnsafeFileError) and "weights.safetensors" in str(error)
+
+
+def test_cli_prints_names_that_are_not_utf8_under_an_ascii_terminal(case, tmp_path):
+    bad = session_of(case) / "checkpoints" / os.fsdecode(b"000009-\xff\xfe")
+    shutil.copytree(checkpoint_dirs(case)[-1], bad)
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict", "LC_ALL": "C"}
+    done = subprocess.run([sys.executable, "-m", "mlwidgets", "checkpoints", "--session",
+                           str(session_of(case))], capture_output=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"Traceback" not in done.stderr and b"000009-\\xff\\xfe" in done.stdout
