@@ -49,9 +49,12 @@ def _locked(method: Callable) -> Callable:
 
 
 def checkpoint_label(checkpoint: Checkpoint, best: bool = False) -> str:
-    """'it 12 · val acc 0.97', with the phase when not training and ★ for the best."""
+    """'it 12 · val acc 0.97', with the phase when not training and ★ for the best;
+    'paused at step 37' for a pause inside an iteration."""
     phase = PHASE_NAMES.get(checkpoint.phase, checkpoint.phase.replace("_", " "))
-    parts = [f"{phase + ' ' if phase else ''}it {checkpoint.iteration}"]
+    where = (f"paused at step {checkpoint.step_number}" if checkpoint.partial
+             else f"it {checkpoint.iteration}")
+    parts = [f"{phase + ' ' if phase else ''}{where}"]
     m = checkpoint.metrics
     for key, short in (("valid_accuracy", "val acc"), ("train_loss", "loss")):
         if _finite(m.get(key)):
