@@ -10,6 +10,7 @@ import logging
 import warnings
 
 from . import datasets
+from . import scan as _scan  # noqa: F401  (gives DataSource.find_data_problems)
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from .classifier import ImageClassifier, Prediction
 from .coreml import ModelMetadata

@@ -507,6 +507,7 @@ class CheckpointStore:
         fsync_dir(self.directory)
         self._cache.pop(checkpoint_id, None)
         shutil.rmtree(trash, ignore_errors=True)
+        remove_derived(self.directory.parent, checkpoint_id)
 
     def apply_retention(self, keep_last: int | None, keep_best: int = 0,
                         metric: str = "valid_loss") -> list[str]:
@@ -528,6 +529,24 @@ class CheckpointStore:
         for checkpoint_id in doomed:
             self.delete(checkpoint_id)
         return doomed
+
+
+# Folders beside checkpoints/ that hold what was derived from a checkpoint, in a sub-folder
+# named by its id (its cached predictions, see predictions.py): deleted with the checkpoint.
+DERIVED_DIRS = ("predictions",)
+
+
+def remove_derived(session_dir: Path, checkpoint_id: str) -> None:
+    """Delete what was derived from checkpoint `checkpoint_id`; no link is followed."""
+    for name in DERIVED_DIRS:
+        folder = Path(session_dir) / name
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        entry = folder / checkpoint_id
+        if entry.is_symlink() or entry.is_file():
+            entry.unlink(missing_ok=True)
+        elif entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _contiguous(state: dict[str, Any]) -> dict[str, Any]:

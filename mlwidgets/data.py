@@ -174,6 +174,37 @@ class DataSource:
             h.update(json.dumps([str(i.path), i.label, st.st_size, st.st_mtime_ns]).encode())
         return h.hexdigest()[:16]
 
+    def with_decisions(self, decisions: Any) -> DataSource:
+        """These images with keep / relabel / exclude decisions applied (a session's
+        `decisions`, or a mapping of image path to {"action": "exclude"} or {"action":
+        "relabel", "label": "cat"}); "keep" and undecided images stay as they are."""
+        found = decisions.all() if hasattr(decisions, "all") else dict(decisions)
+        table = {str(Path(k)): v for k, v in found.items()}
+        items, changed = [], 0
+        for item in self.items:
+            decision = table.get(str(item.path)) or {"action": "keep"}
+            if decision["action"] == "exclude":
+                changed += 1
+            elif decision["action"] == "relabel" and decision["label"] != item.label:
+                items.append(Item(item.path, str(decision["label"])))
+                changed += 1
+            else:
+                items.append(item)
+        return DataSource(items, origin=f"{self.origin} ({changed} decisions applied)",
+                          check=False, roots=self.roots)
+
+    def find_data_problems(self, feature_extractor: str = "efficientnet_lite0",
+                           image_size: int = 128,
+                           **options: Any) -> Any:
+        """Possible label errors, duplicates and outliers among these images, from features
+        that `feature_extractor` extracts (see mlwidgets.problems; `options` go to it)."""
+        if DataSource.problem_finder is None:
+            raise RuntimeError("import mlwidgets first: it provides the problem finder")
+        return DataSource.problem_finder(self, feature_extractor, image_size, **options)
+
+    # Set by mlwidgets.scan, which sits above this module (it extracts features).
+    problem_finder: Any = None
+
     def stratified_split(self, proportions: Sequence[float] | float,
                          seed: int = 0) -> list[DataSource]:
         """DataSources holding about `proportions` of each class each (Create ML's

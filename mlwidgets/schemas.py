@@ -510,3 +510,69 @@ def load_export_record(data: bytes, where: Any, error: type[MlwidgetsError] = Se
                        ) -> dict[str, Any]:
     """One exports/*.json record from its bytes."""
     return _validated(_export_record, decode_record(data, where, error), where, error)
+
+
+# -- predictions/<checkpoint id>/predictions.json (a checkpoint's cached predictions) -----
+
+PREDICTIONS_FORMAT = "mlwidgets.predictions/1"
+MAX_IMAGES = 10**7  # images in one split
+
+
+@with_config(ConfigDict(extra="forbid"))
+class PredictionsRecord(TypedDict):
+    format: Literal["mlwidgets.predictions/1"]
+    checkpoint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
+    model_sha256: Sha256  # the checkpoint's model file: another checkpoint of that name is stale
+    items_sha256: Sha256  # the validation images and labels the rows stand for
+    classes: Classes
+    images: Annotated[int, Field(ge=0, le=MAX_IMAGES)]
+    source: Literal["features", "images"]
+    files: Annotated[dict[Literal["probabilities.safetensors"], FileRecord], Field(min_length=1)]
+
+
+_predictions_record = TypeAdapter(PredictionsRecord)
+
+
+def load_predictions_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
+                            ) -> dict[str, Any]:
+    """A checkpoint's cached-predictions record from its bytes."""
+    return _validated(_predictions_record, decode_record(data, where, error), where, error)
+
+
+# -- decisions.json (keep / relabel / exclude, decided on possible data problems) -------
+
+DECISIONS_FORMAT = "mlwidgets.decisions/1"
+MAX_DECISIONS = 10**6
+MAX_DECISIONS_BYTES = 256 << 20
+
+
+@with_config(ConfigDict(extra="forbid"))
+class Decision(TypedDict):
+    action: Literal["keep", "relabel", "exclude"]
+    label: NotRequired[Label]  # the new label, for "relabel"
+    time: NotRequired[Time]
+
+
+def _relabel_has_label(decisions: dict[str, Any]) -> dict[str, Any]:
+    for path, decision in decisions.items():
+        if not path or "\x00" in path:
+            raise ValueError("an empty or invalid path")
+        if (decision["action"] == "relabel") != ("label" in decision):
+            raise ValueError(f"{path[:80]!r}: a label goes with relabel, and only with it")
+    return decisions
+
+
+@with_config(ConfigDict(extra="forbid"))
+class DecisionsRecord(TypedDict):
+    format: Literal["mlwidgets.decisions/1"]
+    decisions: Annotated[dict[Text, Decision], Field(max_length=MAX_DECISIONS),
+                         AfterValidator(_relabel_has_label)]
+
+
+_decisions_record = TypeAdapter(DecisionsRecord)
+
+
+def load_decisions_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
+                          ) -> dict[str, Any]:
+    """decisions.json from its bytes: one decision per image path."""
+    return _validated(_decisions_record, decode_record(data, where, error), where, error)
