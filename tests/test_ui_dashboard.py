@@ -128,3 +128,19 @@ def test_long_histories_are_downsampled_for_display_only():
     assert len(drawn.x) == MAX_POINTS and drawn.x[-1] == 4999 and drawn.y[-1] == 1 / 5000
     assert len(charts.history["batch_loss"][0]) == 5000
     assert charts.redraws == 1  # one redraw per batch of events
+
+
+def test_a_failing_listener_stops_neither_the_charts_nor_the_other_panels(trained_copy):
+    # The follower's own thread waits an hour: this test's poll() delivers the event.
+    dashboard = TrainingDashboard(mw.TrainingSession.restore(trained_copy),
+                                  follow_interval=3600)
+    seen = []
+    dashboard.on_events(lambda events: 1 / 0)
+    dashboard.on_events(seen.append)
+    report = {"type": "report", "phase": "training", "iteration": 4, "total_iterations": 4,
+              "step": 99, "elapsed": 1.0, "metrics": {"valid_loss": 0.5}}
+    mw.TrainingSession.restore(trained_copy).record.publish(report)  # as another process
+    shown = dashboard.poll()
+    assert [e["step"] for e in shown] == [99] and seen == [shown]
+    assert dashboard.charts.history["valid_loss"][0][-1] == 99
+    dashboard.close()

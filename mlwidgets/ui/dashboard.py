@@ -10,7 +10,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..data import DataSource
-from ..events import EventType, RunState
+from ..events import EventType, Observers, RunState
 from ..follow import SessionFollower
 from ..parameters import ModelParameters
 from ..session import TrainingSession
@@ -36,8 +36,9 @@ class TrainingDashboard(widgets.VBox):
         self.session_dir = session_dir
         self.follow_interval = follow_interval
         self.follower: SessionFollower | None = None
-        self._listeners: list[Listener] = []
-        self._session_listeners: list[Callable[[TrainingSession], None]] = []
+        # The engine's one observer policy: a failing listener is logged, the others still run.
+        self._listeners = Observers()
+        self._session_listeners = Observers()
         self.form = ParameterForm(self.session.parameters if is_session else parameters)
         self.more = widgets.BoundedIntText(value=5, min=1, max=10_000, layout={"width": "70px"})
         self.buttons = {
@@ -72,8 +73,7 @@ class TrainingDashboard(widgets.VBox):
             self.session = TrainingSession.create(self.data, self.form.parameters,
                                                   self.session_dir)
             self._attach()
-            for listener in self._session_listeners:
-                listener(self.session)
+            self._session_listeners.dispatch(self.session)
         self.session.start()
         self._started()
 
@@ -104,13 +104,14 @@ class TrainingDashboard(widgets.VBox):
 
     # -- following ------------------------------------------------------------------------
 
-    def on_events(self, listener: Listener) -> None:
-        """Call `listener(events)` with each batch of session events this dashboard shows."""
-        self._listeners.append(listener)
+    def on_events(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(events)` with each batch of session events this dashboard shows;
+        returns a function that unsubscribes. A failing listener never stops the others."""
+        return self._listeners.subscribe(listener)
 
-    def on_session(self, listener: Callable[[TrainingSession], None]) -> None:
+    def on_session(self, listener: Callable[[TrainingSession], None]) -> Callable[[], None]:
         """Call `listener(session)` when Start makes the session."""
-        self._session_listeners.append(listener)
+        return self._session_listeners.subscribe(listener)
 
     def poll(self) -> list[dict[str, Any]]:
         """Show the events that arrived since the last poll (the follower calls this)."""
@@ -148,8 +149,7 @@ class TrainingDashboard(widgets.VBox):
         preparing = [e for e in events if e["type"] == EventType.PROGRESS]
         self._show_state(preparing[-1] if preparing and events[-1]["type"] != EventType.STATE
                          else None)
-        for listener in list(self._listeners):
-            listener(events)
+        self._listeners.dispatch(events)
 
     def _started(self) -> None:
         self.status.value = ""
