@@ -365,6 +365,10 @@ class CheckpointStore:
 
     def open_for_writing(self) -> None:
         """Create the directory and remove what interrupted commits left. Writer only."""
+        if self.directory.is_symlink():  # commits would land wherever it points
+            raise CheckpointError("the checkpoints folder is a symlink", self.directory,
+                                  "sessions must hold their own files; nothing is written "
+                                  "out of them")
         self.directory.mkdir(parents=True, exist_ok=True)
         for entry in self.directory.iterdir():
             if entry.name.startswith(_TEMP_PREFIXES):

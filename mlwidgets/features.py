@@ -168,6 +168,10 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
     """Write features atomically into `directory/<key name>` (temporary dir, then rename)."""
     from safetensors.torch import save as to_bytes
 
+    if directory.is_symlink():  # the cache would land wherever it points
+        raise UnsafeFileError("a symlink inside the session", directory,
+                              "sessions must hold their own files; nothing is written out of "
+                              "them")
     target = directory / key_name(key)
     with directory_committed_as(target) as tmp:  # kept as is if another run got there first
         files = {}

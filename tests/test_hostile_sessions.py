@@ -576,3 +576,23 @@ def test_a_session_names_its_damaged_checkpoints_for_viewers(case):
     damaged = session.damaged_checkpoints
     assert list(damaged) == [ckpt.name] and "checkpoint.json" in damaged[ckpt.name]
     assert [c.id for c in session.checkpoints] == [checkpoint_dirs(case)[1].name]
+
+
+def test_commits_never_go_through_a_linked_checkpoints_folder(case):
+    from mlwidgets.checkpoints import CheckpointStore
+
+    folder = session_of(case) / "checkpoints"
+    shutil.move(folder, case / "elsewhere" / "checkpoints")
+    os.symlink(case / "elsewhere" / "checkpoints", folder)
+    store = CheckpointStore(folder, "session-x")
+    _, error = run(case, store.open_for_writing)
+    assert isinstance(error, CheckpointError) and "symlink" in str(error)
+
+
+def test_the_features_cache_is_never_written_through_a_link(case):
+    from mlwidgets import features
+
+    os.symlink(case / "elsewhere", session_of(case) / "features")
+    _, error = run(case, lambda: features.save(session_of(case) / "features", {"k": 1}, {}, {}))
+    assert isinstance(error, UnsafeFileError) and "features" in str(error)
+    assert not any((case / "elsewhere").iterdir())
