@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python benchmarks/image_cache.py
 	$(BIN)/python benchmarks/transfer.py
 	$(BIN)/python benchmarks/ui.py
+	$(BIN)/python benchmarks/understand.py
 
 lint: install
 	$(BIN)/ruff check mlwidgets tests benchmarks

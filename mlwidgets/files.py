@@ -244,6 +244,22 @@ def write_atomic(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def write_cache_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` through a temporary sibling and a rename, without fsync:
+    for caches whose readers verify what they read (a hash in a record) and recompute
+    anything missing or damaged, so a crash can cost a recomputation, never a wrong value."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _NONBLOCK
+                     | _CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Replace `path` with `obj` as JSON (the rename replaces a symlink, never follows it)."""
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
@@ -290,6 +306,31 @@ def append_json_line(path: Path, obj: Any) -> None:
         _require_regular(fd, path, None, None)
         f.write(line)
         f.flush()
+
+
+def open_for_append_confined(root: str | os.PathLike, name: str) -> int:
+    """A file descriptor appending to root/name (created if missing): never through a
+    symlink, never into a FIFO or device (a child process's log, say)."""
+    root, parts = Path(root), confined_parts(name)
+    fd = _open_below(root, parts, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        _require_regular(fd, root.joinpath(*parts), None, None)
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def tail_confined(root: str | os.PathLike, name: str, max_bytes: int = 16 << 10) -> str:
+    """The last `max_bytes` of a confined text file ("" when it does not exist)."""
+    try:
+        with open_confined(root, name) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - max_bytes))
+            return f.read(max_bytes).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
 
 
 def json_object(raw: bytes) -> dict[str, Any] | None:

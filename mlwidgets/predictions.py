@@ -36,7 +36,7 @@ from . import schemas, tensorfiles
 from .checkpoints import BODY_FILE, MODEL_FILE, Checkpoint, remove_derived
 from .data import Item
 from .errors import MlwidgetsError
-from .files import mkdir_confined, read_confined, sha256_bytes, write_atomic
+from .files import mkdir_confined, read_confined, sha256_bytes, write_cache_atomic
 from .images import load_array
 from .models import classifier_layers, inference_batch_size, skeleton_for
 from .parameters import ModelParameters
@@ -134,15 +134,15 @@ class PredictionCache:
 
         folder = mkdir_confined(self.session_dir, f"{PREDICTIONS_DIR}/{checkpoint.id}")
         data = save({"probabilities": np.ascontiguousarray(probabilities, dtype=np.float32)})
-        # The tensor file first, then the record naming its hash: a crash in between
-        # leaves a record that does not match, which is recomputed.
-        write_atomic(folder / TENSOR_FILE, data)
+        # The tensor file first, then the record naming its hash; no fsync: a crash leaves
+        # a missing or mismatched entry, which is recomputed (every read checks the hash).
+        write_cache_atomic(folder / TENSOR_FILE, data)
         record = {"format": schemas.PREDICTIONS_FORMAT, "checkpoint": checkpoint.id,
                   "model_sha256": checkpoint.files[MODEL_FILE]["sha256"],
                   "items_sha256": self.digest, "classes": self.classes,
                   "images": len(self.items), "source": source,
                   "files": {TENSOR_FILE: {"sha256": sha256_bytes(data), "size": len(data)}}}
-        write_atomic(folder / RECORD_FILE, schemas.encode_record(record))
+        write_cache_atomic(folder / RECORD_FILE, schemas.encode_record(record))
 
     # -- computing ----------------------------------------------------------------------------
 

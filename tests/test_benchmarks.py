@@ -58,3 +58,14 @@ def test_ui_benchmark_prints_the_studio_ratio_chart_cost_and_scrub_time():
                                    "--checkpoints", "30", "--reports", "20")
     assert "Studio attached / alone" in table and figures["studio_ratio"] > 0
     assert figures["scrub_median_ms"] > 0 and figures["chart_update_median_ms"] > 0
+
+
+@pytest.mark.slow
+def test_understand_benchmark_prints_compare_scan_and_label_flip_figures():
+    table, figures = run_benchmark("understand.py", "--checkpoints", "6", "--pairs", "3",
+                                   "--images", "48", "--images-per-class", "6",
+                                   "--image-size", "32", "--scan-image-size", "32",
+                                   "--repeats", "1")
+    assert "recall@2k" in table and figures["compare_median_ms"] > 0
+    assert figures["first_prediction_ratio_features"] > 0 and figures["scan_s"] > 0
+    assert 0 <= figures["recall_at_2k"] <= 1 and figures["flipped"] >= 1
