@@ -214,6 +214,19 @@ def _square(confusion: list[list[int]] | None) -> list[list[int]] | None:
     return confusion
 
 
+@with_config(ConfigDict(extra="allow"))  # resume.py may record more; it is kept
+class ResumeRecord(TypedDict, total=False):
+    """Where a pause inside an iteration stopped (see resume.py): bounded numbers."""
+
+    version: Annotated[int, Field(ge=0, le=1000)]
+    iteration: Iteration
+    batch: Annotated[int, Field(ge=0, le=MAX_STEPS)]
+    batches: Annotated[int, Field(ge=0, le=MAX_STEPS)]
+    totals: Annotated[dict[Annotated[str, Field(max_length=64)], int | Number],
+                      Field(max_length=64)]
+    rng: Annotated[dict[Annotated[str, Field(max_length=64)], Json], Field(max_length=64)]
+
+
 @with_config(ConfigDict(extra="forbid"))
 class CheckpointRecord(TypedDict):
     format: Literal["mlwidgets.checkpoint/1"]
@@ -231,7 +244,7 @@ class CheckpointRecord(TypedDict):
         Field(max_length=MAX_CLASSES), AfterValidator(_square)] | None]
     # Pause checkpoints: where inside an iteration training stopped (batch, RNG states,
     # data order, partial totals), so resuming continues exactly; any bounded JSON.
-    resume: NotRequired[dict[str, Json] | None]
+    resume: NotRequired[ResumeRecord | None]
     partial: NotRequired[bool]
 
 

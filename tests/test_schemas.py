@@ -125,3 +125,12 @@ def test_export_records():
     assert schemas.load_export_record(json.dumps(record).encode(), "e.json") == record
     with pytest.raises(SessionError, match="format"):
         schemas.load_export_record(json.dumps({**record, "format": "x"}).encode(), "e.json")
+
+
+def test_a_resume_record_keeps_its_types_and_is_bounded():
+    resume = {"version": 1, "iteration": 2, "batch": 3, "batches": 5,
+              "totals": {"n": 10, "loss": 1.5}, "rng": {"python_gauss_next": None}}
+    loaded = load(schemas.encode_record(checkpoint_record(partial=True, resume=resume)))
+    assert loaded["resume"] == resume and isinstance(loaded["resume"]["totals"]["n"], int)
+    with pytest.raises(CheckpointError, match="batch"):
+        load(json.dumps(checkpoint_record(resume={**resume, "batch": -1})).encode())
