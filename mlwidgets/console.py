@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from .errors import TrainingError, describe, printable
@@ -12,19 +13,31 @@ METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
 
 
 def follow(session: Any, job: Any) -> int:
-    """Print each report while `job` trains; Ctrl-C pauses with a checkpoint."""
+    """Print each report while `job` trains; Ctrl-C pauses with a checkpoint. On a terminal,
+    slow preparations (decoding images, extracting features) show a live progress bar."""
+    live = sys.stdout.isatty()
+    clear = "\r\033[K" if live else ""  # a line printed over the progress bar replaces it
+
     def show(event: dict[str, Any]) -> None:
-        if event["type"] == EventType.REPORT and event["phase"] == "extracting_features":
-            print(f"  extracted features ({event['iteration']} passes over the images)"
+        if event["type"] == EventType.PROGRESS and live:
+            done, total = event.get("done", 0), max(1, event.get("total", 1))
+            task = event.get("task", "preparing")
+            if "iteration" in event:
+                task += f", pass {event['iteration']}"
+            bar = "#" * (20 * done // total)
+            print(f"{clear}  {task} [{bar:<20}] {done}/{total} images", end="", flush=True)
+        elif event["type"] == EventType.REPORT and event["phase"] == "extracting_features":
+            print(f"{clear}  extracted features ({event['iteration']} passes over the images)"
                   f"  [{event['elapsed']:.1f} s]", flush=True)
         elif event["type"] == EventType.REPORT:
             metrics = "  ".join(f"{h} {format_metric(event['metrics'].get(k))}"
                                 for k, h in METRIC_COLUMNS)
             phase = "" if event["phase"] == "training" else f"{event['phase']} "
-            print(f"  {phase}iteration {event['iteration']:>3}/{event['total_iterations']}"
-                  f"  {metrics}  [{event['elapsed']:.1f} s]", flush=True)
+            print(f"{clear}  {phase}iteration {event['iteration']:>3}/"
+                  f"{event['total_iterations']}  {metrics}  [{event['elapsed']:.1f} s]",
+                  flush=True)
         elif event["type"] == EventType.CHECKPOINT:
-            print(f"    checkpoint {event['id']} committed", flush=True)
+            print(f"{clear}    checkpoint {event['id']} committed", flush=True)
 
     unsubscribe = session.on_event(show)
     try:
