@@ -75,8 +75,10 @@ def _figure_widget() -> type:
 _CELL_HOVER = "true %{y}, predicted %{x}: %{z}<extra></extra>"
 
 
-def confusion_heatmap(fig: Any, classes: list[str], matrix: list[list[int]] | None) -> None:
-    """Draw a confusion matrix (rows: true class, columns: predicted) into `fig`."""
+def confusion_heatmap(fig: Any, classes: list[str], matrix: list[list[int]] | None,
+                      on_cell: Callable[[str, str], Any] | None = None) -> None:
+    """Draw a confusion matrix (rows: true class, columns: predicted) into `fig`;
+    clicking a cell calls `on_cell(true, predicted)`."""
     import plotly.graph_objects as go
 
     with fig.batch_update():
@@ -85,9 +87,19 @@ def confusion_heatmap(fig: Any, classes: list[str], matrix: list[list[int]] | No
             fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues",
                                      text=matrix, texttemplate="%{text}", showscale=False,
                                      hovertemplate=_CELL_HOVER))
+            if on_cell is not None:
+                fig.data[0].on_click(clicked_cell(on_cell))
         fig.layout.xaxis.title = "predicted"
         fig.layout.yaxis.title = "true"
         fig.layout.yaxis.autorange = "reversed"
+
+
+def clicked_cell(on_cell: Callable[[str, str], Any]) -> Callable[..., None]:
+    """A plotly on_click handler calling `on_cell(true, predicted)` for a heat map cell."""
+    def handler(_trace: Any, points: Any, _state: Any) -> None:
+        if points.xs and points.ys:
+            clicked(lambda: on_cell(str(points.ys[0]), str(points.xs[0])))(None)
+    return handler
 
 
 def escape(value: Any) -> str:

@@ -22,6 +22,7 @@ from .common import (
     thumbnail_card,
     thumbnail_or_reason,
 )
+from .insight import CellImages
 
 NO_CLASSIFIER = "Restore a checkpoint first: evaluation needs a trained classifier."
 NO_DATA = "No images to evaluate on: give the panel labelled images with set_data(...)."
@@ -45,11 +46,13 @@ class EvaluationPanel(widgets.VBox):
         self.table = widgets.HTML()
         self.confusion_chart = figure("Confusion matrix", height=340)
         self.top_loss_cards = card_grid(LOSS_CARD_WIDTH)
+        self.cell_images = CellImages()  # a clicked confusion cell's images
         # Hidden until there is an evaluation: empty axes and tables only raise questions.
         self.results = widgets.VBox([
             self.accuracy,
             widgets.HBox([self.table, self.confusion_chart], layout=widgets.Layout(
                 flex_flow="row wrap", align_items="flex-start", grid_gap="16px")),
+            self.cell_images,
             widgets.HTML("<b>Largest losses</b> (the images the classifier is most wrong "
                          "about)"),
             self.top_loss_cards,
@@ -89,6 +92,19 @@ class EvaluationPanel(widgets.VBox):
         self.status.value = message(f"Evaluated {n} images.", "success")
         return metrics
 
+    @reports_errors()
+    def show_cell(self, true: str, predicted: str) -> list[dict[str, Any]]:
+        """Show the images of class `true` predicted as `predicted`, with probabilities."""
+        from ..compare import cell_images
+
+        m = self.metrics
+        if m is None or m.probabilities is None:
+            raise ValueError("Evaluate first: the confusion matrix comes from an evaluation.")
+        rows = cell_images(list(m.classes), list(m.labels), list(m.sources or ()),
+                           m.probabilities, true, predicted)
+        self.cell_images.show(true, predicted, rows)
+        return rows
+
     # -- drawing ------------------------------------------------------------------------
 
     def _forget_results(self) -> None:
@@ -110,7 +126,9 @@ class EvaluationPanel(widgets.VBox):
         rows = [[name, f"{r.precision:.3f}", f"{r.recall:.3f}", f"{r.f1:.3f}", int(r.support)]
                 for name, r in metrics.precision_recall.iterrows()]
         self.table.value = table(["class", "precision", "recall", "F1", "support"], rows)
-        confusion_heatmap(self.confusion_chart, list(metrics.classes), confusion.values.tolist())
+        confusion_heatmap(self.confusion_chart, list(metrics.classes), confusion.values.tolist(),
+                          self.show_cell)
+        self.cell_images.clear()
         self.top_loss_cards.children = [self._loss_card(row)
                                         for row in metrics.top_losses(self.top_losses).itertuples()]
         self.results.layout.display = ""

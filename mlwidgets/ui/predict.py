@@ -14,6 +14,7 @@ from PIL import Image
 from ..classifier import ImageClassifier, Prediction
 from ..images import open_image, thumbnail_png
 from .common import THUMBNAIL_SIZE, button, card_grid, clicked, escape, message, reports_errors
+from .insight import ClassifierSaliency
 
 NO_CLASSIFIER = "Restore a checkpoint first: predictions need a trained classifier."
 CARD_WIDTH = 360
@@ -43,8 +44,10 @@ class PredictionPanel(widgets.VBox):
                                       icon="images")
         self.examples_button.layout.width = "auto"  # the fixed default cuts its label off
         self.results = card_grid(CARD_WIDTH)
+        # Grad-CAM of the classifier on the images shown (see ui/insight.py).
+        self.saliency = ClassifierSaliency(lambda: self.classifier, lambda: self._shown)
         self.children = [widgets.HBox([self.upload, self.examples_button]), self.status,
-                         self.results]
+                         self.results, self.saliency]
         self.set_examples(examples or [])
         self.set_classifier(classifier)
 
@@ -98,6 +101,7 @@ class PredictionPanel(widgets.VBox):
         found = iter(self.classifier.predictions(readable) if readable else [])
         self.predictions = [next(found) if image is not None else None for image in decoded]
         self._shown = (images, names)
+        self.saliency.images_changed()
         self.results.children = [
             _prediction_card(name, image, p, self.top_classes) if p is not None
             else _error_card(name, problem)

@@ -20,6 +20,7 @@ from .dashboard import TrainingDashboard
 from .evaluation import EvaluationPanel
 from .predict import PredictionPanel
 from .preview import DatasetPreview
+from .problems import DataProblemsPanel
 from .timeline import CheckpointTimeline
 
 TABS = ("Data", "Train", "Checkpoints", "Evaluate", "Preview")
@@ -35,6 +36,7 @@ class Studio(widgets.Tab):
         self.session, self.data = _open(source)
         self.classifier: ImageClassifier | None = None
         self.preview = DatasetPreview(self.session or self.data)
+        self.problems = DataProblemsPanel(self.session)  # the Data tab's "Possible problems"
         self.dashboard = TrainingDashboard(self.session or self.data, parameters, session_dir,
                                            follow_interval)
         self.timeline: CheckpointTimeline | None = None
@@ -42,7 +44,9 @@ class Studio(widgets.Tab):
         self.prediction = PredictionPanel()
         self._checkpoints_tab = widgets.VBox([widgets.HTML(message(
             "Checkpoints appear here once training has started."))])
-        super().__init__(children=[self.preview, self.dashboard, self._checkpoints_tab,
+        data_tab = widgets.VBox([self.preview, widgets.Accordion(
+            [self.problems], titles=("Possible problems",))])
+        super().__init__(children=[data_tab, self.dashboard, self._checkpoints_tab,
                                    self.evaluation, self.prediction], titles=TABS)
         self._timeline_stale = False  # new checkpoints arrived while the tab was hidden
         self.dashboard.on_session(self._session_made)
@@ -74,6 +78,7 @@ class Studio(widgets.Tab):
 
     def _session_made(self, session: TrainingSession) -> None:
         self.session = session
+        self.problems.set_session(session)
         train, valid = session.split
         examples = valid or train
         origin = f"the validation images of {session.directory.name}"

@@ -25,6 +25,7 @@ from .common import (
     table,
 )
 from .export import ExportForm
+from .insight import CheckpointInsight
 
 if TYPE_CHECKING:
     from ..classifier import ImageClassifier
@@ -92,10 +93,11 @@ class CheckpointTimeline(widgets.VBox):
         self.status = widgets.HTML()
         self.export_form = ExportForm(lambda: self.classifier_for(self.selected), session)
         self.slider.observe(lambda change: self.select(change["new"]), names="value")
+        self.insight = CheckpointInsight(self)  # compare, confusion cells, saliency
         super().__init__([
             widgets.HBox([self.slider, self.label]),
             widgets.HBox([self.best_button, self.restore_button]),
-            self.status, self.details, self.heatmap,
+            self.status, self.details, self.heatmap, self.insight,
             widgets.Accordion([self.export_form], titles=("Export to Core ML",)),
         ])
         self.refresh()
@@ -117,6 +119,7 @@ class CheckpointTimeline(widgets.VBox):
         self.labels = [checkpoint_label(c, i == self.best_index)
                        for i, c in enumerate(self.checkpoints)]
         self.best_button.disabled = self.best_index is None
+        self.insight.checkpoints_changed(self.checkpoints, self.labels)
         if not self.checkpoints:
             self._index = None
             self.slider.disabled, self.restore_button.disabled = True, True
@@ -147,6 +150,7 @@ class CheckpointTimeline(widgets.VBox):
         self.restore_button.disabled = not checkpoint.has_model
         self.export_form.for_checkpoint(checkpoint)
         self._draw_confusion(checkpoint)
+        self.insight.selected(checkpoint)
         return checkpoint
 
     @reports_errors()
@@ -171,6 +175,14 @@ class CheckpointTimeline(widgets.VBox):
         if not -n <= which < n:
             raise IndexError(f"checkpoint index {which} is out of range (0…{n - 1})")
         return which % n
+
+    def show_cell(self, true: str, predicted: str) -> list[dict[str, Any]]:
+        """Show the validation images of one confusion cell of the selected checkpoint."""
+        return self.insight.show_cell(true, predicted)
+
+    def compare_with(self, other: int | str | Checkpoint) -> Any:
+        """What changed from `other` to the selected checkpoint (see CheckpointInsight)."""
+        return self.insight.compare_with(other)
 
     def _find_best(self) -> int | None:
         best = best_of(self.checkpoints, self.session.session_parameters.best_metric)
@@ -198,7 +210,7 @@ class CheckpointTimeline(widgets.VBox):
         if shown == self._drawn:
             return
         self._drawn = shown
-        confusion_heatmap(self.heatmap, classes, matrix)
+        confusion_heatmap(self.heatmap, classes, matrix, self.show_cell)
         self.heatmap.layout.title.text = ("Validation confusion" if matrix is not None else
                                           "No confusion matrix recorded for this checkpoint")
 
