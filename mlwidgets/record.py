@@ -26,7 +26,7 @@ from typing import Any
 from . import schemas
 from .checkpoints import Checkpoint, CheckpointStore
 from .data import DataSource, Item, recorded_split, split_items
-from .errors import UnsafeFileError
+from .errors import SessionError, UnsafeFileError
 from .events import Observers, RunState
 from .files import (
     append_json_line,
@@ -170,6 +170,9 @@ class SessionRecord:
         directory = Path(session_dir).expanduser()
         record = schemas.read_session_record(directory)
         data = schemas.read_data_record(directory)
+        if data["classes"] != record["classes"]:  # both were written from the same source
+            raise SessionError("its classes differ from session.json's", directory / DATA_FILE,
+                               "the session is damaged")
         split = recorded_split(data, data_root, directory / DATA_FILE)
         return cls(directory, record, split)
 

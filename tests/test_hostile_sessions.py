@@ -435,6 +435,7 @@ DATA_DAMAGE = {
     "unknown_label": lambda r: {**r, "train": [[r["train"][0][0], "dragon"]]},
     "three_items": lambda r: {**r, "train": [[r["train"][0][0], "circle", "x"]]},
     "no_classes": lambda r: {k: v for k, v in r.items() if k != "classes"},
+    "other_classes": lambda r: {**r, "classes": [*r["classes"], "dragon"]},
 }
 
 
