@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from .checkpoints import Checkpoint
-from .metrics import ClassifierMetrics
 
 if TYPE_CHECKING:
     from .session import TrainingSession
@@ -106,36 +105,58 @@ def diff(a: str, b: str, classes: list[str], labels: list[str], paths: list[Path
 
 def _per_class(classes: list[str], labels: list[str], pa: np.ndarray,
                pb: np.ndarray) -> pd.DataFrame:
-    tables = []
-    for predicted in (pa, pb):
-        metrics = ClassifierMetrics.from_predictions(
-            classes, labels, [classes[i] for i in predicted])
-        tables.append(metrics.precision_recall[["precision", "recall", "f1"]])
-    a, b = tables
-    out = pd.concat({"a": a, "b": b, "change": b - a}, axis=1)
-    out.columns = [f"{metric}_{which}" for which, metric in out.columns]
-    out["support"] = metrics.precision_recall["support"]
-    return out
+    """Precision, recall and F1 per class under a and b (0 where undefined, as
+    ClassifierMetrics.precision_recall: sklearn's zero_division=0), and their change.
+    Computed with NumPy here: comparing is interactive (<= 100 ms on 1,000 checkpoints)."""
+    k = len(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    truth = np.array([index[label] for label in labels], dtype=np.int64)
+    support = np.bincount(truth, minlength=k)
+    columns: dict[str, np.ndarray] = {}
+    for which, predicted in (("a", pa), ("b", pb)):
+        tp = np.bincount(truth[predicted == truth], minlength=k).astype(float)
+        predicted_count = np.bincount(predicted, minlength=k)
+        precision = np.divide(tp, predicted_count, out=np.zeros(k), where=predicted_count > 0)
+        recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
+        total = precision + recall
+        f1 = np.divide(2 * precision * recall, total, out=np.zeros(k), where=total > 0)
+        columns.update({f"precision_{which}": precision, f"recall_{which}": recall,
+                        f"f1_{which}": f1})
+    for metric in ("precision", "recall", "f1"):
+        columns[f"{metric}_change"] = columns[f"{metric}_b"] - columns[f"{metric}_a"]
+    order = [f"{m}_{w}" for w in ("a", "b", "change") for m in ("precision", "recall", "f1")]
+    frame = pd.DataFrame({name: columns[name] for name in order},
+                         index=pd.Index(classes, name="class"))
+    frame["support"] = support
+    return frame
 
 
-def resolve(session: TrainingSession, which: str | int | Checkpoint) -> Checkpoint:
+def resolve(session: TrainingSession, which: str | int | Checkpoint,
+            listing: list[Checkpoint] | None = None) -> Checkpoint:
     """A checkpoint by id, 0-based index into `session.checkpoints` (negative from the
-    end), "best" or "latest"."""
+    end), "best" or "latest" (anything else `session.checkpoint` takes, too). `listing`:
+    the checkpoints already listed, so that resolving two costs one listing."""
     if isinstance(which, Checkpoint):
         return which
+    checkpoints = session.checkpoints if listing is None else listing
     if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
-        checkpoints = session.checkpoints
         if not -len(checkpoints) <= which < len(checkpoints):
             raise IndexError(f"checkpoint index {which} is out of range: session "
                              f"{session.directory} has {len(checkpoints)} checkpoints")
         return checkpoints[which]
+    if which == "latest" and checkpoints:
+        return checkpoints[-1]
+    for checkpoint in checkpoints:
+        if checkpoint.id == which:
+            return checkpoint
     return session.checkpoint(str(which))
 
 
 def compare(session: TrainingSession, a: str | int | Checkpoint,
             b: str | int | Checkpoint) -> CheckpointDiff:
     """Checkpoint `b` against checkpoint `a` on the session's validation images."""
-    first, second = resolve(session, a), resolve(session, b)
+    listing = session.checkpoints
+    first, second = resolve(session, a, listing), resolve(session, b, listing)
     cache = session.prediction_cache
     items = cache.items
     if not items:

@@ -136,7 +136,8 @@ def out_of_fold_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, fold
         return probs
     dims = min(PCA_DIMENSIONS, x.shape[1], len(y) - 1)
     if dims < x.shape[1]:
-        x = PCA(dims, svd_solver="randomized", random_state=seed).fit_transform(x)
+        x = PCA(dims, svd_solver="randomized", iterated_power=2,
+                random_state=seed).fit_transform(x)
     z = x
     z = z / (z.std(axis=0, keepdims=True) + 1e-6)
     for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(z, y):

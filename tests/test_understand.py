@@ -57,6 +57,13 @@ def test_a_diff_lists_exactly_the_images_that_changed(session):
     assert not d.is_empty or (pa == pb).all()
     f1 = d.per_class["f1_b"] - d.per_class["f1_a"]
     assert np.allclose(f1, d.per_class["f1_change"])
+    for which, predicted in (("a", pa), ("b", pb)):  # the same figures as ClassifierMetrics
+        metrics = mw.ClassifierMetrics.from_predictions(
+            session.classes, [i.label for i in items], [session.classes[k] for k in predicted])
+        for metric in ("precision", "recall", "f1"):
+            np.testing.assert_allclose(d.per_class[f"{metric}_{which}"],
+                                       metrics.precision_recall[metric])
+    assert list(d.per_class["support"]) == list(metrics.precision_recall["support"])
 
 
 def test_checkpoints_are_named_by_id_index_best_and_latest(session):
