@@ -589,3 +589,34 @@ def load_decisions_record(data: bytes, where: Any, error: type[MlwidgetsError] =
                           ) -> dict[str, Any]:
     """decisions.json from its bytes: one decision per image path."""
     return _validated(_decisions_record, decode_record(data, where, error), where, error)
+
+
+# -- batch_losses.json (per-batch training losses, thinned: see batch_losses.py) ----------
+
+BATCH_LOSSES_FORMAT = "mlwidgets.batch_losses/1"
+MAX_LOSS_POINTS = 2000  # per phase: neighbouring points merge in pairs beyond it
+MAX_BATCH_LOSSES_BYTES = 8 << 20
+Loss = Annotated[float, Field(allow_inf_nan=False)]
+LossPoint = tuple[Annotated[float, Field(ge=0, le=MAX_STEPS, allow_inf_nan=False)], Loss]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class PhaseLosses(TypedDict):
+    stride: Annotated[int, Field(ge=1, le=MAX_STEPS)]  # batches averaged into each point
+    points: Annotated[list[LossPoint], Field(max_length=MAX_LOSS_POINTS + 1)]
+
+
+@with_config(ConfigDict(extra="forbid"))
+class BatchLossesRecord(TypedDict):
+    format: Literal["mlwidgets.batch_losses/1"]
+    max_points_per_phase: Annotated[int, Field(ge=2, le=MAX_LOSS_POINTS)]
+    phases: dict[Literal[PHASES], PhaseLosses]  # type: ignore[valid-type]
+
+
+_batch_losses_record = TypeAdapter(BatchLossesRecord)
+
+
+def load_batch_losses_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
+                             ) -> dict[str, Any]:
+    """batch_losses.json from its bytes: each phase's thinned [step, loss] points."""
+    return _validated(_batch_losses_record, decode_record(data, where, error), where, error)

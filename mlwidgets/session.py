@@ -149,6 +149,14 @@ class TrainingSession:
         return self.record.events
 
     @property
+    def batch_losses(self) -> list[tuple[float, float]]:
+        """(step, loss) of the training batches so far, thinned to at most 2,000 points a
+        phase (see batch_losses.py), as committed with the latest checkpoint."""
+        from .batch_losses import BatchLosses
+
+        return BatchLosses.load(self.directory).points()
+
+    @property
     def events_path(self) -> Path:
         return self.record.events_path
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import features as feats
+from .batch_losses import BatchLosses
 from .callbacks import (
     AugmentBatch,
     CheckpointEvery,
@@ -67,6 +68,8 @@ class TrainingRun:
         self.confusion: list[list[int]] | None = latest.confusion if latest else None
         self.pause_point = _pause_point(latest) if latest is not None and latest.partial else None
         self.batches_in_iteration = 0
+        self.batch_losses = BatchLosses.load(record.directory)  # the chart's batch line, kept
+        self.batch_losses.truncate(self.step)  # what comes after is trained again
         self.started = time.monotonic()
         self.elapsed_before = record.elapsed
         self.note: str | None = None  # what a pause during preparation will redo
@@ -308,6 +311,7 @@ class TrainingRun:
     def batch_done(self, loss: float) -> None:
         self.step += 1
         self.batches_in_iteration += 1
+        self.batch_losses.add(self.phase, self.step, loss)
         self._stream(EventType.BATCH, {"iteration": self.iteration_in_progress, "loss": loss})
 
     def _stream(self, kind: EventType, fields: dict[str, Any]) -> None:
@@ -349,6 +353,7 @@ class TrainingRun:
             confusion=confusion, partial=pause, resume=resume, resume_tensors=resume_tensors,
         )
         self.committed_step = self.step
+        self.batch_losses.save(r.directory)
         if not pause:
             sp = r.session_parameters
             r.store.apply_retention(sp.keep_last, sp.keep_best, sp.best_metric)
