@@ -62,3 +62,23 @@ def test_training_under_a_studio_prints_nothing(tiny_data, tmp_path, capfd):
     studio.close()
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
+
+
+def test_a_studio_given_data_and_a_used_session_dir_reopens_that_session(tiny_data,
+                                                                         trained_copy):
+    """After a kernel restart the notebook's Studio cell runs again on the same folder."""
+    studio = Studio(tiny_data, TINY.replace(max_iterations=5), session_dir=trained_copy,
+                    follow_interval=0.05)
+    session, dashboard = studio.session, studio.dashboard
+    assert session.directory == trained_copy and len(studio.timeline.checkpoints) == 3
+    # One line says the stored parameters are used, not the ones passed.
+    assert "Reopened" in dashboard.status.value and "max_iterations" in dashboard.status.value
+    assert len(dashboard.charts.history["batch_loss"][0]) > 0  # the batch line is back
+    assert dashboard.form.iterations.value == session.iterations == 3
+    start = dashboard.buttons["start"]
+    assert start.disabled and "started already" in start.tooltip  # says why
+    assert not dashboard.buttons["more"].disabled
+    studio.close()
+    same = Studio(tiny_data, TINY, session_dir=trained_copy, follow_interval=0.05)
+    assert same.session.directory == trained_copy and same.dashboard.status.value == ""
+    same.close()

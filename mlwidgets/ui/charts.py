@@ -12,9 +12,14 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..events import EventType
-from .common import COLOURS, figure
+from .common import COLOURS, figure, theme_style
 
 MAX_POINTS = 400  # per line drawn; the stored history is never thinned
+EMPTY_NOTE = "Press Start: the charts fill in as training runs."
+# Until the first point: no axes (plotly's placeholder runs from -1 to 6), one short note.
+_EMPTY_AXIS = {"visible": False, "rangemode": "nonnegative"}
+_NOTE = {"text": EMPTY_NOTE, "showarrow": False, "xref": "paper", "yref": "paper",
+         "x": 0.5, "y": 0.5, "font": {"size": 13}}
 _LINES = {  # name: (chart, event metric or None for batch loss, legend, colour, dash)
     "batch_loss": ("loss", None, "training (batches)", "rgba(31,119,180,0.35)", "solid"),
     "train_loss": ("loss", "train_loss", "training", COLOURS["train"], "solid"),
@@ -45,9 +50,10 @@ class TrainingCharts(widgets.VBox):
     def __init__(self) -> None:
         import plotly.graph_objects as go
 
-        self.loss = figure("Loss", 260, xaxis={"title": "step"})
-        self.accuracy = figure("Accuracy", 260, xaxis={"title": "step"},
-                               yaxis={"range": [0, 1.02]})
+        self.loss = figure("Loss", 260, xaxis={**_EMPTY_AXIS, "title": "step"},
+                           yaxis=_EMPTY_AXIS, annotations=[_NOTE])
+        self.accuracy = figure("Accuracy", 260, xaxis={**_EMPTY_AXIS, "title": "step"},
+                               yaxis={**_EMPTY_AXIS, "range": [0, 1.02]}, annotations=[_NOTE])
         self.history: dict[str, tuple[list[float], list[float]]] = {n: ([], []) for n in _LINES}
         self.checkpoints: list[dict[str, Any]] = []  # step, iteration, id
         self._traces: dict[str, Any] = {}
@@ -64,7 +70,8 @@ class TrainingCharts(widgets.VBox):
         self._markers = (self.loss.data[-1], self.accuracy.data[-1])
         self._dirty: set[str] = set()  # lines (and "checkpoints") changed since the last draw
         self.redraws = 0
-        super().__init__([self.loss, self.accuracy])
+        super().__init__([theme_style(), self.loss, self.accuracy],
+                         layout=widgets.Layout(width="100%"))
 
     @property
     def points(self) -> int:
@@ -94,6 +101,16 @@ class TrainingCharts(widgets.VBox):
             self.redraw()
         return changed
 
+    def set_batch_losses(self, points: Iterable[tuple[float, float]]) -> None:
+        """Start the batch line from a session's recorded (step, loss) points."""
+        xs, ys = self.history["batch_loss"]
+        xs[:], ys[:] = [], []
+        for step, loss in points:
+            xs.append(step)
+            ys.append(loss)
+        self._dirty.add("batch_loss")
+        self.redraw()
+
     def _append(self, name: str, step: float, value: float) -> None:
         xs, ys = self.history[name]
         if xs and step < xs[-1]:  # a resumed run replays from an earlier checkpoint
@@ -116,6 +133,7 @@ class TrainingCharts(widgets.VBox):
             if not lines and "checkpoints" not in dirty:
                 continue
             with fig.batch_update():
+                _show_axes(fig, self._last_step())
                 for name in lines:
                     self._traces[name].x, self._traces[name].y = downsample(*self.history[name])
                 if "checkpoints" in dirty:
@@ -125,9 +143,34 @@ class TrainingCharts(widgets.VBox):
                                         for c in self.checkpoints]
         self.redraws += 1
 
+    def _last_step(self) -> float | None:
+        steps = [xs[-1] for xs, _ in self.history.values() if xs]
+        steps += [c["step"] for c in self.checkpoints[-1:]]
+        return max(steps) if steps else None
+
     def clear(self) -> None:
         for xs, ys in self.history.values():
             xs.clear()
             ys.clear()
         self.checkpoints.clear()
         self.redraw(everything=True)
+
+
+def integer_dtick(last: float, ticks: int = 6) -> int:
+    """A tick spacing of 1, 2 or 5 times a power of ten giving about `ticks` ticks up to
+    `last`: steps and iterations are whole numbers, so no tick reads 19.5."""
+    raw, scale = max(last / ticks, 1.0), 1
+    while True:
+        for nice in (1, 2, 5):
+            if nice * scale >= raw:
+                return nice * scale
+        scale *= 10
+
+
+def _show_axes(fig: Any, last: float | None) -> None:
+    """Axes with whole-number steps once there is a point; the empty look before."""
+    shown = last is not None
+    fig.layout.xaxis.visible = fig.layout.yaxis.visible = shown
+    fig.layout.annotations = [] if shown else [_NOTE]
+    if shown:
+        fig.layout.xaxis.tick0, fig.layout.xaxis.dtick = 0, integer_dtick(last)

@@ -18,21 +18,42 @@ log = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 96
 
-# Transparent backgrounds and mid-grey text and grid read well on JupyterLab's light and
-# dark themes alike (plotly cannot read the theme's CSS variables).
+# Transparent backgrounds; text takes the theme's own colour through THEME_CSS (plotly cannot
+# read CSS variables, so the grey here is only what shows where that stylesheet is absent).
 _GREY = "rgba(128, 128, 128, 0.9)"
 _GRID = "rgba(128, 128, 128, 0.25)"
 COLOURS = {"train": "#1f77b4", "valid": "#ff7f0e", "checkpoint": "#2ca02c", "best": "#d62728"}
+CHART_CLASS = "mlwidgets-chart"
+# Plotly writes text colours as inline styles; `!important` lets the theme's variables win, so
+# titles, ticks and legends read at >= 4.5:1 on JupyterLab's light and dark themes and Voila.
+THEME_CSS = f"""<style>
+.{CHART_CLASS} .main-svg text {{ fill: var(--jp-ui-font-color1, #1f1f1f) !important; }}
+.{CHART_CLASS} .heatmaplayer text {{ fill: var(--jp-ui-font-color0, #000) !important; }}
+.{CHART_CLASS} {{ width: 100%; }}
+</style>"""
+# The confusion matrix's one hue, from transparent to opaque: every tile is this blue over the
+# page's own background, and its luminance (0.179) gives the theme's darkest or lightest text
+# >= 4.5:1 on any tile, light theme or dark (no near-white tiles glaring on a dark page).
+_TILE = "35,122,188"
+TILE_SCALE = [[0.0, f"rgba({_TILE},0.06)"], [1.0, f"rgba({_TILE},1)"]]
+
+
+def theme_style() -> widgets.HTML:
+    """The stylesheet that gives charts (FigureWidgets with CHART_CLASS) the theme's text colour."""
+    return widgets.HTML(THEME_CSS, layout=widgets.Layout(height="0px", margin="0"))
 
 
 def chart_layout(title: str = "", height: int = 280, **overrides: Any) -> dict[str, Any]:
     axis = {"gridcolor": _GRID, "zerolinecolor": _GRID, "linecolor": _GRID}
     layout: dict[str, Any] = {
-        "title": {"text": title, "font": {"size": 14}},
+        "title": {"text": title, "font": {"size": 14}, "x": 0, "xanchor": "left",
+                  "xref": "paper"},
         "height": height, "margin": {"l": 50, "r": 20, "t": 40 if title else 10, "b": 40},
         "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)",
         "font": {"color": _GREY}, "xaxis": dict(axis), "yaxis": dict(axis),
-        "legend": {"orientation": "h", "y": -0.25},
+        # Above the plot, right: clear of the x axis title.
+        "legend": {"orientation": "h", "x": 1, "xanchor": "right", "y": 1.0,
+                   "yanchor": "bottom"},
     }
     for key, value in overrides.items():  # xaxis={"title": ...} must keep the axis styling
         both_dicts = isinstance(value, dict) and isinstance(layout.get(key), dict)
@@ -42,7 +63,9 @@ def chart_layout(title: str = "", height: int = 280, **overrides: Any) -> dict[s
 
 def figure(title: str = "", height: int = 280, **layout: Any) -> Any:
     """An empty plotly FigureWidget styled for both themes."""
-    return _figure_widget()(layout=chart_layout(title, height, **layout))
+    fig = _figure_widget()(layout=chart_layout(title, height, **layout))
+    fig.add_class(CHART_CLASS)
+    return fig
 
 
 @functools.cache
@@ -84,8 +107,9 @@ def confusion_heatmap(fig: Any, classes: list[str], matrix: list[list[int]] | No
     with fig.batch_update():
         fig.data = []
         if matrix is not None:
-            fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Blues",
+            fig.add_trace(go.Heatmap(z=matrix, x=classes, y=classes, colorscale=TILE_SCALE,
                                      text=matrix, texttemplate="%{text}", showscale=False,
+                                     xgap=1, ygap=1,
                                      hovertemplate=_CELL_HOVER))
             if on_cell is not None:
                 fig.data[0].on_click(clicked_cell(on_cell))

@@ -19,6 +19,11 @@ from .common import button, message, reports_errors
 from .parameters import ParameterForm
 
 Listener = Callable[[list[dict[str, Any]]], None]
+# Why a button is greyed out, by button (the others: "not while the session is <state>").
+_WHY_NOT = {"start": "this session has started already: Resume or Train more continues it",
+            "pause": "nothing is training now", "stop": "nothing is training now",
+            "resume": "only a paused, stopped or failed run resumes",
+            "more": "Train more continues a finished, paused or stopped session"}
 # Each button's action, as RunState names them.
 _ACTIONS = {"start": "start", "pause": "pause", "resume": "resume", "stop": "stop",
             "more": "train_more"}
@@ -56,6 +61,7 @@ class TrainingDashboard(widgets.VBox):
         self.progress_text = widgets.HTML()
         self.status = widgets.HTML()
         self.charts = TrainingCharts()
+        self._tooltips = {name: b.tooltip for name, b in self.buttons.items()}
         controls = widgets.HBox([*(self.buttons[k] for k in ("start", "pause", "resume", "stop",
                                                               "more")), self.more])
         super().__init__([self.form, controls, self.progress_bar, self.progress_text,
@@ -130,6 +136,8 @@ class TrainingDashboard(widgets.VBox):
     def _attach(self) -> None:
         self.form.set_enabled(False)
         self.follower = SessionFollower(self.session)
+        # The batch line as the session recorded it (thinned); live batches continue it.
+        self.charts.set_batch_losses(self.session.batch_losses)
         self.poll()  # the history so far, drawn once
         self.follower.start(self._show, self.follow_interval)
 
@@ -154,6 +162,9 @@ class TrainingDashboard(widgets.VBox):
     def _started(self) -> None:
         self.status.value = ""
         self._show_state()
+        if self.session.progress.phase == "initialized":  # the first event is a moment away
+            self.progress_text.value = message(
+                f"{self.shown_state} · preparing: decoding images…")
 
     def _show_state(self, preparing: dict[str, Any] | None = None) -> None:
         s = self.session
@@ -161,10 +172,16 @@ class TrainingDashboard(widgets.VBox):
         elsewhere = state.is_active and s.job is None
         for name, b in self.buttons.items():  # the state says which actions make sense
             b.disabled = not state.allows(_ACTIONS[name])
+            b.tooltip = (_WHY_NOT.get(name, "not while the session is {state}").format(
+                state=state) if b.disabled else self._tooltips[name])
         self.more.disabled = self.buttons["more"].disabled
+        self.more.tooltip = self.buttons["more"].tooltip
+        if state is not RunState.FAILED and "jp-error-color1" in self.status.value:
+            self.status.value = ""  # an error from an earlier run never outlives it
         if s is None:
             self.progress_text.value = message("Set the parameters, then press Start.")
             return
+        self.form.show_budget(s.iterations)
         p = s.progress
         self.progress_bar.value = p.fraction_completed
         self.progress_bar.bar_style = {RunState.COMPLETED: "success",

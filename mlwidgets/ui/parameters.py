@@ -63,7 +63,8 @@ class ParameterForm(widgets.VBox):
                               self.iterations, self.learning_rate])
         augment = widgets.VBox([widgets.HTML("<b>Augmentation</b>"), self.flip,
                                 *self.augment.values()])
-        super().__init__([widgets.HBox([model, augment])])
+        self.locked_note = widgets.HTML()  # why every control is greyed out, once they are
+        super().__init__([widgets.HBox([model, augment]), self.locked_note])
 
     def _architecture_changed(self, _change: object = None) -> None:
         # The architecture (and torchvision's weights for it) only counts without extractor.
@@ -73,6 +74,11 @@ class ParameterForm(widgets.VBox):
         self.pretrained.disabled = not can
         if not can:
             self.pretrained.value = False
+        self.architecture.tooltip = ("" if scratch else
+                                     "used only without a feature extractor (from scratch)")
+        self.pretrained.tooltip = "" if can else (
+            "with a feature extractor, its pretrained weights are always used" if not scratch
+            else f"pretrained weights exist only for {', '.join(PRETRAINABLE)}")
 
     def _extractor_changed(self, change: dict[str, object]) -> None:
         # A size left at the old choice's default follows the new one's (224 <-> 64).
@@ -96,11 +102,22 @@ class ParameterForm(widgets.VBox):
             changes["weights_file"] = None  # weights belong to the network they came from
         return self._base.replace(**changes)
 
+    def show_budget(self, iterations: int) -> None:
+        """Show a session's real iteration budget (Train more raises it past the form's)."""
+        if self.iterations.value != iterations:
+            self.iterations.max = max(self.iterations.max, iterations)
+            self.iterations.value = iterations
+
     def set_enabled(self, enabled: bool) -> None:
         """Lock the controls once a session exists: its parameters are fixed."""
+        why = "" if enabled else ("A session's parameters are fixed once it exists: Train more "
+                                  "raises its iterations; a new session_dir starts afresh.")
+        self.locked_note.value = (f"<div style='color:var(--jp-ui-font-color2, #666)'>{why}</div>"
+                                  if why else "")
         for control in (self.feature_extractor, self.image_size, self.iterations,
                         self.learning_rate, self.flip, *self.augment.values()):
             control.disabled = not enabled
+            control.tooltip = why or None
         scratch = self.feature_extractor.value is None
         self.architecture.disabled = not enabled or not scratch
         self.pretrained.disabled = (not enabled or not scratch

@@ -28,12 +28,20 @@ TABS = ("Data", "Train", "Checkpoints", "Evaluate", "Preview")
 
 class Studio(widgets.Tab):
     """`Studio(source)`: source is a folder of labelled image folders, a DataSource, a
-    TrainingSession, or a session directory (reopened, followed live, and resumable)."""
+    TrainingSession, or a session directory (reopened, followed live, and resumable).
+
+    With a `session_dir` that already holds a session (the notebook ran before, the kernel
+    restarted), that session is reopened with everything it recorded, on its own stored
+    data and parameters; one line says so when the ones passed here differ.
+    """
 
     def __init__(self, source: str | os.PathLike | DataSource | TrainingSession,
                  parameters: ModelParameters | None = None,
                  session_dir: str | os.PathLike | None = None, follow_interval: float = 0.5):
         self.session, self.data = _open(source)
+        reopened_note = ""
+        if self.session is None and _holds_session(session_dir):
+            self.session, reopened_note = _reopen(session_dir, self.data, parameters)
         self.classifier: ImageClassifier | None = None
         self.preview = DatasetPreview(self.session or self.data)
         self.problems = DataProblemsPanel(self.session)  # the Data tab's "Possible problems"
@@ -54,6 +62,8 @@ class Studio(widgets.Tab):
         self.observe(lambda _change: self._refresh_timeline_if_shown(), "selected_index")
         if self.session is not None:
             self._session_made(self.session)
+        if reopened_note:
+            self.dashboard.status.value = message(reopened_note)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until training in this kernel ends and every tab shows it; False on timeout.
@@ -67,6 +77,23 @@ class Studio(widgets.Tab):
         if self._timeline_stale:
             self._refresh_timeline()
         return True
+
+    def ready(self, task: str = "") -> bool:
+        """True once training has ended with checkpoints to work with. Otherwise prints one
+        line saying so and returns False: an app's cells call this instead of waiting, so the
+        kernel (and every button) stays free during Run All and in Voila."""
+        s = self.session
+        if s is not None and not s.state.is_active and s.checkpoints:
+            self.wait(10)  # every tab shows the end (the thread is ending, if it runs here)
+            return True
+        then = f" to {task}" if task else ""
+        if s is None:
+            print(f"Nothing trained yet: press Start, then run this cell again{then}.")
+        else:
+            p = s.progress
+            print(f"Training is {p.state} (iteration {p.iteration}/{p.total_iterations}): "
+                  f"run this cell again{then} once the Train tab says completed.")
+        return False
 
     def show(self, tab: str) -> None:
         """Switch to a tab by its title ("Data", "Train", "Checkpoints", ...)."""
@@ -123,6 +150,28 @@ def _open(source: Any) -> tuple[TrainingSession | None, DataSource | None]:
     if (path / SESSION_FILE).is_file():
         return TrainingSession.restore(path), None
     return None, DataSource.labeled_directories(path)
+
+
+def _holds_session(session_dir: Any) -> bool:
+    return session_dir is not None and (Path(session_dir).expanduser() / SESSION_FILE).is_file()
+
+
+def _reopen(session_dir: Any, data: DataSource | None,
+            parameters: ModelParameters | None) -> tuple[TrainingSession, str]:
+    """The session in `session_dir`, and one line when what was passed differs from it."""
+    session = TrainingSession.restore(session_dir)
+    differ = []
+    if parameters is not None:
+        stored, asked = session.parameters.to_dict(), parameters.to_dict()
+        differ = sorted(k for k in set(stored) | set(asked) if stored.get(k) != asked.get(k))
+    other_data = data is not None and data.fingerprint() != session.data_fingerprint
+    if not differ and not other_data:
+        return session, ""
+    what = " and ".join(filter(None, [
+        f"parameters ({', '.join(differ[:3])}{', …' if len(differ) > 3 else ''})"
+        if differ else "", "images" if other_data else ""]))
+    return session, (f"Reopened the session in {session.directory}, with its own {what}: "
+                     "the ones passed here differ. For a new session, pass a new session_dir.")
 
 
 def _classes_in_turn(items: list[Any]) -> list[Any]:
