@@ -18,7 +18,7 @@ import mlwidgets as mw
 from mlwidgets.checkpoints import Checkpoint
 from mlwidgets.coreml import ExportError
 from mlwidgets.ui import timeline as timeline_module
-from mlwidgets.ui.export import ExportForm
+from mlwidgets.ui.export import ExportForm, swift_class_name
 from mlwidgets.ui.filelink import FileLink, server_path, server_root
 from mlwidgets.ui.timeline import CheckpointTimeline
 
@@ -48,7 +48,8 @@ def test_slider_spans_the_checkpoints_with_labels_and_the_best_marked(timeline):
     timeline.best_button.click()
     assert timeline.selected.id == best.id
     assert timeline.slider.value == timeline.best_index
-    assert "★" in timeline.label.value and "best by valid_loss" in timeline.details.value
+    assert "★" in timeline.label.value
+    assert "best: the lowest validation loss" in timeline.details.value
 
 
 def test_select_by_id_and_index_shows_that_checkpoints_metrics_and_confusion(timeline):
@@ -135,11 +136,11 @@ def test_export_click_writes_package_zip_size_verification_and_link(trained_copy
     monkeypatch.chdir(notebooks)
     monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/studio.ipynb")
     tl = CheckpointTimeline(mw.TrainingSession.restore(trained_copy))
-    checkpoint = tl.select(1)
+    tl.select(1)
     form = tl.export_form
-    # Named after the data folder and the checkpoint.
-    package = trained_copy / "exports" / f"{tiny_data_dir.name}-{checkpoint.id}.mlpackage"
-    assert Path(form.file_name.value) == package
+    # Named after the data folder, as a Swift class name (Xcode makes the file name the class).
+    package = trained_copy / "exports" / f"{swift_class_name(tiny_data_dir.name)}.mlpackage"
+    assert Path(form.file_name.value) == package and package.stem.isidentifier()
     form.author.value = "Ada"
     started = time.perf_counter()
     form.export_button.click()
@@ -155,7 +156,14 @@ def test_export_click_writes_package_zip_size_verification_and_link(trained_copy
     assert form.link.path == archive.relative_to(tmp_path).as_posix()
     assert form.link.filename == archive.name and form.download.children == (form.link,)
     assert not list(package.parent.glob(".tmp-*"))
+    # The next export would clash: the form offers the next free class-like name.
+    assert Path(form.file_name.value) == package.with_name(f"{package.stem}2.mlpackage")
     print(f"export + zip + verify: {seconds:.1f} s")
+
+
+def test_export_names_are_swift_class_names():
+    assert [swift_class_name(n) for n in ("shapes", "my-images", "cats & dogs", "3d", "")] == \
+        ["Shapes", "MyImages", "CatsDogs", "Model3d", "Model"]
 
 
 def test_export_never_overwrites_and_names_the_file(trained_copy, tmp_path):
@@ -298,3 +306,19 @@ def test_scrubbing_a_thousand_checkpoints_reads_nothing_and_redraws_only_changes
     assert heatmap_z(tl) == session.checkpoints[-1].confusion
     print(f"1,000 selections: {seconds * 1000:.0f} ms")
     assert seconds < 5, f"scrubbing 1,000 checkpoints took {seconds:.1f} s"
+
+
+def test_labels_stay_unique_and_ordered_across_resumed_phases(tmp_path):
+    def made(i, phase, iteration, step):
+        return Checkpoint(id=f"{i:06d}-{phase}", session_id="s", phase=phase,
+                          iteration=iteration, step_number=step, created_at=1.7e9 + i,
+                          metrics={}, path=tmp_path / str(i), files={}, model={})
+    # Iteration 2 trained twice (a failed run resumed from iteration 1), then fine-tuning.
+    history = [made(0, "training", 1, 4), made(1, "training", 2, 8), made(2, "training", 2, 8),
+               made(3, "training", 2, 16), made(4, "fine_tuning", 2, 24)]
+    labels = timeline_module.unique_labels(history)
+    assert labels == ["it 1", "it 2", "it 2 (step 8)", "it 2 (step 16)", "fine-tune it 2"]
+    # The same step twice too (a pause and its replay): the place in time tells them apart.
+    again = [made(5, "training", 2, 8), made(6, "training", 2, 8)]
+    labels = timeline_module.unique_labels([*history[:2], *again])
+    assert labels == ["it 1", "it 2", "it 2 (step 8)", "it 2 (step 8) (#4)"]

@@ -6,6 +6,7 @@ The form gets its classifier from a callable, so weights load only when the user
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +58,9 @@ class ExportForm(widgets.VBox):
         self._default = str(self.default_path())
         style = {"description_width": "90px"}
         wide = widgets.Layout(width="95%")
-        self.file_name = widgets.Text(self._default, description="File", layout=wide, style=style)
+        self.file_name = widgets.Text(self._default, description="File", layout=wide, style=style,
+                                      tooltip="Xcode names the model's Swift class after the "
+                                      "file: Shapes.mlpackage becomes the class Shapes")
         self.author = widgets.Text(description="Author", placeholder="your name", style=style)
         self.license = widgets.Text(description="License", placeholder="e.g. CC-BY-4.0",
                                     style=style)
@@ -66,8 +69,9 @@ class ExportForm(widgets.VBox):
         self.version = widgets.Text("1.0", description="Version", style=style)
         self.compression = widgets.Dropdown(options=COMPRESSIONS, description="Compression",
                                             style=style)
-        self.precision = widgets.ToggleButtons(options=PRECISIONS, description="Precision",
-                                               style={**style, "button_width": "80px"})
+        # Radio buttons: the chosen precision is plain to see (a toggle's was not).
+        self.precision = widgets.RadioButtons(options=PRECISIONS, description="Precision",
+                                              style=style, tooltip="float16 halves the file")
         self.export_button = button("Export to Core ML", self.export, icon="download",
                                     style="primary",
                                     tooltip="write, verify and link a Core ML model")
@@ -83,18 +87,18 @@ class ExportForm(widgets.VBox):
         ])
 
     def default_path(self) -> Path:
-        """`<session>/exports/<dataset or session>-<checkpoint id>.mlpackage`."""
+        """`<session>/exports/Shapes.mlpackage`: Xcode makes the file name the model's Swift
+        class, so a class-like name from the data folder; `Shapes2`, `Shapes3`… once taken."""
         folder = self.session.directory / "exports" if self.session else Path()
-        suffix = f"-{self.checkpoint.id}" if self.checkpoint else ""
-        return folder / f"{self._stem}{suffix}.mlpackage"
+        for n in range(1, 10_000):
+            path = folder / f"{self._stem}{n if n > 1 else ''}.mlpackage"
+            if not any(p.exists() or p.is_symlink() for p in (path, download_archive_path(path))):
+                return path
+        return path
 
     def for_checkpoint(self, checkpoint: Checkpoint | None) -> None:
-        """Export `checkpoint` next; the file name follows it unless the user typed one."""
+        """Export `checkpoint` next (the file name stays: it names a class, not a checkpoint)."""
         self.checkpoint = checkpoint
-        following = self.file_name.value == self._default
-        self._default = str(self.default_path())
-        if following:
-            self.file_name.value = self._default
 
     @reports_errors()
     def export(self, path: str | os.PathLike | None = None, **fields: Any) -> ExportResult:
@@ -146,6 +150,9 @@ class ExportForm(widgets.VBox):
         self.link = FileLink(download, f"Download {download.name} ({size})")
         self.download.children = (self.link,)
         self.status.value = self._summary(report)
+        if self.file_name.value == self._default:  # the next export gets the next free name
+            self._default = str(self.default_path())
+            self.file_name.value = self._default
         return report.result
 
     def _target(self) -> Path:
@@ -186,10 +193,21 @@ class ExportForm(widgets.VBox):
 
 
 def _dataset_name(session: TrainingSession | None) -> str:
-    """The data folder's name for labelled directories, else the session folder's name."""
+    """A Swift class name from the data folder's name for labelled directories, else the
+    session folder's name: `shapes` -> `Shapes`, `my-images` -> `MyImages`."""
     if session is None:
-        return "model"
+        return "Model"
     origin = session.data_origin
-    return Path(origin).name if origin and Path(origin).is_dir() else session.directory.name
+    name = Path(origin).name if origin and Path(origin).is_dir() else session.directory.name
+    # A cache folder's content hash (shapes-78fd9d3b3e6e) is no part of a class name.
+    return swift_class_name(re.sub(r"[-_][0-9a-f]{8,}$", "", name))
+
+
+def swift_class_name(text: str) -> str:
+    """`text` as a valid, class-like Swift identifier (ASCII letters and digits, capitalized
+    words, never starting with a digit): what Xcode would otherwise derive from the name."""
+    words = re.findall(r"[A-Za-z0-9]+", text)
+    name = "".join(w[:1].upper() + w[1:] for w in words) or "Model"
+    return f"Model{name}" if name[0].isdigit() else name
 
 

@@ -49,12 +49,13 @@ def _locked(method: Callable) -> Callable:
     return run
 
 
-def checkpoint_label(checkpoint: Checkpoint, best: bool = False) -> str:
+def checkpoint_label(checkpoint: Checkpoint, best: bool = False, step: bool = False) -> str:
     """'it 12 · val acc 0.97', with the phase when not training and ★ for the best;
-    'paused at step 37' for a pause inside an iteration."""
+    'paused at step 37' for a pause inside an iteration; `step` adds the step."""
     phase = PHASE_NAMES.get(checkpoint.phase, checkpoint.phase.replace("_", " "))
     where = (f"paused at step {checkpoint.step_number}" if checkpoint.partial
-             else f"it {checkpoint.iteration}")
+             else f"it {checkpoint.iteration}"
+             + (f" (step {checkpoint.step_number})" if step else ""))
     parts = [f"{phase + ' ' if phase else ''}{where}"]
     m = checkpoint.metrics
     for key, short in (("valid_accuracy", "val acc"), ("train_loss", "loss")):
@@ -63,6 +64,28 @@ def checkpoint_label(checkpoint: Checkpoint, best: bool = False) -> str:
                          else f"{short} {m[key]:.3g}")
             break
     return " · ".join(parts) + (f" {BEST_MARK}" if best else "")
+
+
+def unique_labels(checkpoints: list[Checkpoint], best_index: int | None = None) -> list[str]:
+    """One label a checkpoint, in time order, never the same twice: a label seen before (an
+    iteration trained again after a resume) gets its step, then its place, added."""
+    labels, seen = [], set()
+    for i, c in enumerate(checkpoints):
+        label = checkpoint_label(c, i == best_index)
+        if label in seen:
+            label = checkpoint_label(c, i == best_index, step=True)
+        if label in seen:
+            label = f"{label} (#{i + 1})"
+        seen.add(label)
+        labels.append(label)
+    return labels
+
+
+# What "best" means, in words, by the session's best_metric.
+BEST_BY = {"valid_loss": "the lowest validation loss",
+           "valid_accuracy": "the highest validation accuracy",
+           "train_loss": "the lowest training loss",
+           "train_accuracy": "the highest training accuracy"}
 
 
 class CheckpointTimeline(widgets.VBox):
@@ -116,8 +139,7 @@ class CheckpointTimeline(widgets.VBox):
         self.checkpoints = list(self.session.checkpoints)
         self._index_of = {c.id: i for i, c in enumerate(self.checkpoints)}
         self.best_index = self._find_best()
-        self.labels = [checkpoint_label(c, i == self.best_index)
-                       for i, c in enumerate(self.checkpoints)]
+        self.labels = unique_labels(self.checkpoints, self.best_index)
         self.best_button.disabled = self.best_index is None
         self.insight.checkpoints_changed(self.checkpoints, self.labels)
         if not self.checkpoints:
@@ -192,7 +214,8 @@ class CheckpointTimeline(widgets.VBox):
 
     def _details(self, c: Checkpoint) -> str:
         when = c.date.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        best = f" · best by {self.session.session_parameters.best_metric}" if (
+        metric = self.session.session_parameters.best_metric
+        best = f" · best: {BEST_BY.get(metric, 'by ' + metric)}" if (
             self._index == self.best_index) else ""
         about = (f"{c.id} · {c.phase.replace('_', ' ')} · iteration {c.iteration} · "
                  f"step {c.step_number} · {when}{best}")
@@ -230,8 +253,8 @@ class CheckpointTimeline(widgets.VBox):
         self.classifier = self.classifier_for(checkpoint)
         for callback in list(self._restore_callbacks):
             callback(self.classifier)
-        self.status.value = message(f"Restored {self.labels[self._index]} ({checkpoint.id}) "
-                                    "into timeline.classifier", "success")
+        self.status.value = message(f"Restored {self.labels[self._index]} ({checkpoint.id}): "
+                                    "Evaluate and Preview now use it.", "success")
         return self.classifier
 
     def classifier_for(self, checkpoint: Checkpoint | None) -> ImageClassifier:

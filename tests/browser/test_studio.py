@@ -118,7 +118,8 @@ def test_a_newcomer_trains_restores_exports_and_predicts(lab, page: Page, consol
         rf"^\d+-training · training · iteration {before} · "))).to_be_visible()
     button(checkpoints, "Restore").click()
     expect(checkpoints.get_by_text(re.compile(
-        rf"^Restored it {before} · .* into timeline\.classifier"))).to_be_visible(timeout=30_000)
+        rf"^Restored it {before} · .*: Evaluate and Preview now use it"))).to_be_visible(
+        timeout=30_000)
 
     checkpoints.locator(".jupyter-widget-Collapse-header", has_text="Export to Core ML").click()
     button(checkpoints, "Export to Core ML").click()
