@@ -78,6 +78,8 @@ def test_notebook_runs_without_errors(path: Path, tmp_path: Path, kernel_specs,
     notebook = Path(shutil.copy(path, tmp_path))
     monkeypatch.setenv(BUDGET_VARIABLE, BUDGET)  # the kernel inherits the environment
     monkeypatch.setenv("MLWIDGETS_TUTORIAL_IMAGES", "12")  # shapes a class, where asked
+    # The apps (01, 04) never wait for training; run headless, their later cells need it done.
+    monkeypatch.setenv("MLWIDGETS_TUTORIAL_WAIT", "1")
     nb = nbformat.read(notebook, as_version=4)
     km = KernelManager(kernel_name="python3", kernel_spec_manager=kernel_specs)
     assert km.kernel_spec.argv[0] == sys.executable
