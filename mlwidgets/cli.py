@@ -139,6 +139,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--iterations", type=ITERATIONS, help="raise the total iteration budget")
     r.set_defaults(run=_resume)
 
+    for name, what in (("status", "show where a session's training stands"),
+                       ("pause", "ask whichever process trains a session to pause "
+                                 "(it commits a checkpoint)"),
+                       ("stop", "ask whichever process trains a session to stop "
+                                "(committed checkpoints stay)")):
+        s = sub.add_parser(name, help=what)
+        _add_session_args(s)
+        if name != "status":
+            s.add_argument("--wait", action="store_true", help="return once it has stopped")
+        s.set_defaults(run=_control)
+
     c = sub.add_parser("checkpoints", help="list a session's checkpoints")
     _add_session_args(c)
     c.add_argument("--json", action="store_true", help="print a JSON list")
@@ -227,6 +238,36 @@ def _resume(args: argparse.Namespace) -> int:
     session = TrainingSession.restore(args.session, args.data_root)
     print(f"Resuming {session.directory} from {session.latest_checkpoint or 'the start'}")
     return follow(session, session.resume(args.iterations))
+
+
+def _control(args: argparse.Namespace) -> int:
+    """status, pause and stop: through the session directory, whoever trains it."""
+    from .session import TrainingSession
+
+    session = TrainingSession.restore(args.session, args.data_root)
+    if args.command != "status":
+        state = session.state
+        if not state.is_active:
+            print(f"{session.directory} is not training ({state}); nothing to {args.command}")
+            return 0
+        session.record.request("pause" if args.command == "pause" else "stop")
+        print(f"Asked the training process (pid {session.record.trainer_pid}) to "
+              f"{args.command}.", flush=True)
+        if not args.wait:
+            return 0
+        session.job.wait()  # the run in the other process (see process_job.ProcessJob)
+    p = session.progress
+    print_table(["", ""], [
+        ["session", printable(session.directory)], ["state", str(session.state)],
+        ["phase", p.phase.replace("_", " ")],
+        ["iteration", f"{p.iteration}/{p.total_iterations}"], ["step", str(p.step)],
+        ["trained for", f"{p.elapsed:.1f} s"],
+        *[[k, format_metric(v)] for k, v in p.metrics.items() if v is not None],
+    ])
+    if session.state.value in ("failed", "interrupted"):
+        for line in session.record.log_tail():
+            print(f"  {printable(line)}")
+    return 0
 
 
 def _checkpoints(args: argparse.Namespace) -> int:

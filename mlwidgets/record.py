@@ -5,6 +5,7 @@ session.json    id, parameters, classes, data fingerprint, versions, state
 data.json       the exact training / validation split (paths and labels)
 events.jsonl    progress reports, checkpoint commits and state changes, one per line
 control.json    a pause or stop request for whichever process trains the session
+train.log       what a training process of runner="process" printed (its errors)
 .lock           held (flock) by the process that trains the session
 checkpoints/    see checkpoints.py
 ```
@@ -33,6 +34,7 @@ from .files import (
     end_partial_line,
     read_confined,
     read_json_lines,
+    tail_confined,
     write_atomic,
     write_json_atomic,
 )
@@ -45,6 +47,7 @@ except ImportError:  # Windows: no advisory locks; one trainer per session is th
 
 SESSION_FILE, DATA_FILE, EVENTS_FILE = "session.json", "data.json", "events.jsonl"
 CONTROL_FILE, LOCK_FILE = "control.json", ".lock"
+LOG_FILE = "train.log"  # what a training process of runner="process" printed
 FORMAT = "mlwidgets.session/1"
 DEFAULT_SESSIONS_DIR = Path("sessions")
 CONTROL_ACTIONS = ("pause", "stop")
@@ -118,6 +121,7 @@ class SessionRecord:
     def __init__(self, directory: Path, record: dict[str, Any], split: tuple[list, list]):
         self.directory = directory
         self._record = record
+        self.data_root: Path | None = None  # where the images were rebased to, if anywhere
         self.split: tuple[list[Item], list[Item]] = split
         self.store = CheckpointStore(directory / "checkpoints", record["id"])
         self.parameters = ModelParameters.from_dict(record["parameters"])
@@ -174,14 +178,18 @@ class SessionRecord:
             raise SessionError("its classes differ from session.json's", directory / DATA_FILE,
                                "the session is damaged")
         split = recorded_split(data, data_root, directory / DATA_FILE)
-        return cls(directory, record, split)
+        opened = cls(directory, record, split)
+        opened.data_root = None if data_root is None else Path(data_root)
+        return opened
 
-    def refresh(self) -> None:
-        """Re-read session.json and events.jsonl (for a session another process trains)."""
+    def refresh(self, events: bool = True) -> None:
+        """Re-read session.json and (when `events`) events.jsonl, for a session another
+        process trains."""
         self._record = schemas.read_session_record(self.directory)
         self.session_parameters = SessionParameters.from_dict(self._record["session_parameters"])
-        self.events = [e for _, e in read_json_lines(self.events_path,
-                                                     parse=schemas.event_from_line)]
+        if events:
+            self.events = [e for _, e in read_json_lines(self.events_path,
+                                                         parse=schemas.event_from_line)]
 
     # -- what the session holds -------------------------------------------------------
 
@@ -275,6 +283,11 @@ class SessionRecord:
         return state
 
     @property
+    def trainer_pid(self) -> int | None:
+        """The process id of the process that trains the session, as it recorded."""
+        return self._record.get("pid")
+
+    @property
     def elapsed(self) -> float:
         """Seconds trained, as last recorded."""
         reports = [e["elapsed"] for e in self.events if "elapsed" in e]
@@ -322,6 +335,10 @@ class SessionRecord:
         if found is None or found["action"] not in CONTROL_ACTIONS:
             return None
         return found["action"], found.get("at_step")
+
+    def log_tail(self, lines: int = 12) -> list[str]:
+        """The last `lines` lines a training process of runner="process" printed."""
+        return tail_confined(self.directory, LOG_FILE).splitlines()[-lines:]
 
     def clear_request(self) -> None:
         try:

@@ -38,6 +38,7 @@ from .data import DataSource, Item
 from .events import Observer, Progress, RunState
 from .job import Job
 from .parameters import ModelParameters, SessionParameters
+from .process_job import ProcessJob
 from .record import SessionRecord
 from .session_setup import remove_checkpoints, restore_if_same
 
@@ -48,13 +49,16 @@ if TYPE_CHECKING:
     from .problems import DataReport
     from .saliency import Saliency
 
+# Where training runs: a thread of this process, or a child process that outlives it.
+RUNNERS = ("thread", "process")
+
 
 class TrainingSession:
     """A training session stored in `directory`. Make one with `create` or `restore`."""
 
     def __init__(self, record: SessionRecord):
         self.record = record
-        self.job: Job | None = None
+        self.job: Job | ProcessJob | None = None
 
     # -- making and reopening ---------------------------------------------------------
 
@@ -107,7 +111,9 @@ class TrainingSession:
             if session_dir.session_directory is None:
                 raise ValueError("restore needs SessionParameters(session_directory=...)")
             session_dir = session_dir.session_directory
-        return cls(SessionRecord.open(session_dir, data_root))
+        session = cls(SessionRecord.open(session_dir, data_root))
+        session.job = ProcessJob.attach(session.record)  # a run another process does
+        return session
 
     def refresh(self) -> None:
         """Re-read the session's files (for a session another process trains)."""
@@ -325,11 +331,13 @@ class TrainingSession:
     @property
     def state(self) -> RunState:
         """Where training stands (see the table in this module's docstring)."""
+        if not isinstance(self.job, Job):  # another process may have changed it
+            self.record.refresh(events=False)
         return self.record.state
 
     @property
     def elapsed(self) -> float:
-        if self.job is not None and not self.job.done:
+        if isinstance(self.job, Job) and not self.job.done:
             return self.job.run.elapsed
         return self.record.elapsed
 
@@ -362,20 +370,27 @@ class TrainingSession:
 
     # -- training ---------------------------------------------------------------------
 
-    def start(self) -> Job:
-        """Train in a background thread from the latest checkpoint; returns the Job at once."""
+    def start(self, runner: str = "thread") -> Job | ProcessJob:
+        """Train from the latest checkpoint; returns the job at once.
+
+        `runner="thread"` (the default) trains in a background thread of this process;
+        `runner="process"` in a child process that outlives this kernel (see process_job.py):
+        the same controls, through the session directory.
+        """
+        if runner not in RUNNERS:
+            raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
         if self.job is not None and not self.job.done:
             raise RuntimeError("this session is already training; pause() or cancel() it first")
         if self.is_complete:
             raise ValueError(
                 f"session {self.directory} has already trained all {self.iterations} iterations;"
                 " call train_more(5) to train 5 more")
-        job = Job(self.record)
+        job = Job(self.record) if runner == "thread" else ProcessJob(self.record)
         job.start()
         self.job = job
         return job
 
-    def resume(self, iterations: int | None = None) -> Job:
+    def resume(self, iterations: int | None = None, runner: str = "thread") -> Job | ProcessJob:
         """Continue from the latest checkpoint (exactly where a pause stopped);
         `iterations` sets a new total budget for the main phase."""
         if iterations is not None and iterations != self.iterations:
@@ -385,16 +400,16 @@ class TrainingSession:
                 raise ValueError(f"iterations={iterations} is not more than the {done} "
                                  "iterations already trained")
             self.record.set_iterations(iterations)
-        return self.start()
+        return self.start(runner)
 
-    def train_more(self, iterations: int) -> Job:
+    def train_more(self, iterations: int, runner: str = "thread") -> Job | ProcessJob:
         """Raise the main phase's budget by `iterations` and continue training."""
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(f"train_more needs a whole number of iterations >= 1, "
                              f"got {iterations!r}")
         latest = self.latest_checkpoint
         done = latest.iteration if latest and latest.phase == self._main_phase else 0
-        return self.resume(iterations=max(self.iterations, done) + iterations)
+        return self.resume(iterations=max(self.iterations, done) + iterations, runner=runner)
 
     @property
     def _main_phase(self) -> str:
