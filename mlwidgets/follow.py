@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .events import LIVE_ONLY, EventType
+from .events import LIVE_ONLY, EventType, RunState
 from .files import read_json_lines
 from .schemas import event_from_line
 
@@ -44,6 +44,7 @@ class SessionFollower:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # the polling thread and a caller may poll at once
         self.busy_seconds = 0.0  # CPU time the polling thread spent reading and delivering
+        self._active = False  # the last state seen was running or pausing
 
     def poll(self) -> list[Event]:
         """New events since the last poll: recorded ones from the file, plus live ones."""
@@ -61,10 +62,26 @@ class SessionFollower:
             self._offset = offset
             if self._first_sighting(event):
                 events.append(event)
-        if any(e["type"] == EventType.STATE for e in events) and self.session.job is None:
+        trained_here = getattr(self.session.job, "run", None) is not None  # a thread's Job
+        if any(e["type"] == EventType.STATE for e in events) and not trained_here:
             self.session.refresh()  # another process changed session.json
         events.sort(key=lambda e: e.get("time", 0.0))
+        if not trained_here:
+            self._notice_death(events)
         return events
+
+    def _notice_death(self, events: list[Event]) -> None:
+        """A process that dies writes no last state: say `interrupted` (once, unrecorded)
+        when the session says it runs but nobody holds its lock any more."""
+        states = [e for e in events if e["type"] == EventType.STATE]
+        if states:
+            self._active = RunState(states[-1]["state"]).is_active
+        if self._active and self.session.state is RunState.INTERRUPTED:
+            self._active = False
+            last = events[-1] if events else {}
+            events.append({"type": EventType.STATE.value, "state": RunState.INTERRUPTED.value,
+                           "phase": last.get("phase", "initialized"),
+                           "step": last.get("step", 0), "time": time.time()})
 
     def _first_sighting(self, event: Event) -> bool:
         key = _key(event)

@@ -1,7 +1,9 @@
 """The Train tab without a browser: its buttons drive the session, the charts grow from
 events (downsampled for display only), and a failure shows in the widget."""
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -143,4 +145,19 @@ def test_a_failing_listener_stops_neither_the_charts_nor_the_other_panels(traine
     shown = dashboard.poll()
     assert [e["step"] for e in shown] == [99] and seen == [shown]
     assert dashboard.charts.history["valid_loss"][0][-1] == 99
+    dashboard.close()
+
+
+@pytest.mark.slow
+def test_the_train_tab_runs_a_separate_process_and_reports_its_death(tiny_data, tmp_path):
+    dashboard = TrainingDashboard(tiny_data, TINY.replace(max_iterations=400),
+                                  session_dir=tmp_path / "s", runner="process")
+    dashboard.buttons["start"].click()
+    job = dashboard.session.job
+    assert job.pid != os.getpid() and dashboard.runner.disabled
+    assert enabled(dashboard) == {"pause", "stop"}
+    os.kill(job.pid, signal.SIGKILL)  # the child dies (out of memory, say)
+    wait_for_state(dashboard, "interrupted")
+    assert "The training process stopped" in dashboard.status.value
+    assert enabled(dashboard) == {"resume", "more"}
     dashboard.close()

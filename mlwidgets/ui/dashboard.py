@@ -12,7 +12,9 @@ import ipywidgets as widgets
 from ..data import DataSource
 from ..events import EventType, Observers, RunState
 from ..follow import SessionFollower
+from ..job import Job
 from ..parameters import ModelParameters
+from ..process_job import ProcessJob
 from ..session import TrainingSession
 from .charts import TrainingCharts
 from .common import button, message, reports_errors
@@ -34,7 +36,8 @@ class TrainingDashboard(widgets.VBox):
 
     def __init__(self, source: DataSource | TrainingSession,
                  parameters: ModelParameters | None = None,
-                 session_dir: str | Path | None = None, follow_interval: float = 0.5):
+                 session_dir: str | Path | None = None, follow_interval: float = 0.5,
+                 runner: str = "thread"):
         is_session = isinstance(source, TrainingSession)
         self.session: TrainingSession | None = source if is_session else None
         self.data: DataSource | None = None if is_session else source
@@ -62,9 +65,16 @@ class TrainingDashboard(widgets.VBox):
         self.status = widgets.HTML()
         self.charts = TrainingCharts()
         self._tooltips = {name: b.tooltip for name, b in self.buttons.items()}
+        self.runner = widgets.ToggleButtons(
+            options=[("this kernel", "thread"), ("a separate process", "process")],
+            value=runner, description="Run in", style={"button_width": "auto"},
+            tooltips=["a thread of this notebook's kernel: starts at once",
+                      "a child process that keeps training if the kernel restarts; "
+                      "the Studio follows it through the session folder"])
         controls = widgets.HBox([*(self.buttons[k] for k in ("start", "pause", "resume", "stop",
                                                               "more")), self.more])
-        super().__init__([self.form, controls, self.progress_bar, self.progress_text,
+        super().__init__([self.form, self.runner, controls, self.progress_bar,
+                          self.progress_text,
                           self.status, self.charts])
         if self.session is not None:
             self._attach()
@@ -80,7 +90,7 @@ class TrainingDashboard(widgets.VBox):
                                                   self.session_dir)
             self._attach()
             self._session_listeners.dispatch(self.session)
-        self.session.start()
+        self.session.start(self.runner.value)
         self._started()
 
     @reports_errors()
@@ -92,7 +102,7 @@ class TrainingDashboard(widgets.VBox):
     @reports_errors()
     def resume(self) -> None:
         """Continue from the latest checkpoint."""
-        self._require_session().resume()
+        self._require_session().resume(runner=self.runner.value)
         self._started()
 
     @reports_errors()
@@ -104,8 +114,8 @@ class TrainingDashboard(widgets.VBox):
     @reports_errors()
     def train_more(self, iterations: int | None = None) -> None:
         """Raise the iteration budget by `iterations` (the box's value) and continue."""
-        self._require_session().train_more(iterations if iterations is not None
-                                           else self.more.value)
+        self._require_session().train_more(
+            iterations if iterations is not None else self.more.value, self.runner.value)
         self._started()
 
     # -- following ------------------------------------------------------------------------
@@ -169,7 +179,7 @@ class TrainingDashboard(widgets.VBox):
     def _show_state(self, preparing: dict[str, Any] | None = None) -> None:
         s = self.session
         state = self.shown_state = s.state if s is not None else RunState.INITIALIZED
-        elsewhere = state.is_active and s.job is None
+        elsewhere = state.is_active and not isinstance(s.job, Job)
         for name, b in self.buttons.items():  # the state says which actions make sense
             b.disabled = not state.allows(_ACTIONS[name])
             b.tooltip = (_WHY_NOT.get(name, "not while the session is {state}").format(
@@ -181,6 +191,9 @@ class TrainingDashboard(widgets.VBox):
         if s is None:
             self.progress_text.value = message("Set the parameters, then press Start.")
             return
+        self.runner.disabled = state.is_active
+        if isinstance(s.job, ProcessJob) and state in (RunState.FAILED, RunState.INTERRUPTED):
+            self.status.value = message(f"The training process stopped: {s.job.error}", "error")
         self.form.show_budget(s.iterations)
         p = s.progress
         self.progress_bar.value = p.fraction_completed

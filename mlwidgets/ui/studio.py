@@ -15,7 +15,7 @@ from ..events import EventType
 from ..parameters import ModelParameters
 from ..record import SESSION_FILE
 from ..session import TrainingSession
-from .common import message
+from .common import message, using_checkpoint
 from .dashboard import TrainingDashboard
 from .evaluation import EvaluationPanel
 from .predict import PredictionPanel
@@ -33,11 +33,15 @@ class Studio(widgets.Tab):
     With a `session_dir` that already holds a session (the notebook ran before, the kernel
     restarted), that session is reopened with everything it recorded, on its own stored
     data and parameters; one line says so when the ones passed here differ.
+
+    `runner="process"` trains in a child process that outlives the kernel (also a choice in
+    the Train tab); a Studio reopened on its session follows it live and can pause it.
     """
 
     def __init__(self, source: str | os.PathLike | DataSource | TrainingSession,
                  parameters: ModelParameters | None = None,
-                 session_dir: str | os.PathLike | None = None, follow_interval: float = 0.5):
+                 session_dir: str | os.PathLike | None = None, follow_interval: float = 0.5,
+                 runner: str = "thread"):
         self.session, self.data = _open(source)
         reopened_note = ""
         if self.session is None and _holds_session(session_dir):
@@ -46,7 +50,7 @@ class Studio(widgets.Tab):
         self.preview = DatasetPreview(self.session or self.data)
         self.problems = DataProblemsPanel(self.session)  # the Data tab's "Possible problems"
         self.dashboard = TrainingDashboard(self.session or self.data, parameters, session_dir,
-                                           follow_interval)
+                                           follow_interval, runner)
         self.timeline: CheckpointTimeline | None = None
         self.evaluation = EvaluationPanel()
         self.prediction = PredictionPanel()
@@ -139,6 +143,11 @@ class Studio(widgets.Tab):
         self.classifier = classifier
         self.evaluation.set_classifier(classifier)
         self.prediction.set_classifier(classifier)
+        tl = self.timeline
+        best = tl is not None and tl.selected is not None and tl.best_index is not None and (
+            tl.checkpoints[tl.best_index].id == getattr(classifier.checkpoint, "id", None))
+        for panel in (self.evaluation, self.prediction):
+            panel.using.value = using_checkpoint(classifier, best)
 
 
 def _open(source: Any) -> tuple[TrainingSession | None, DataSource | None]:
