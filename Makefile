@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python benchmarks/transfer.py
 	$(BIN)/python benchmarks/ui.py
 	$(BIN)/python benchmarks/understand.py
+	$(BIN)/python benchmarks/commits.py
 
 lint: install
 	$(BIN)/ruff check mlwidgets tests benchmarks

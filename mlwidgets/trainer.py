@@ -34,6 +34,7 @@ from .callbacks import (
     metrics_of,
 )
 from .checkpoints import BODY_FILE, RESUME_FILE
+from .commits import BackgroundCommits
 from .events import EventType, Progress, RunState
 from .loaders import make_dataloaders
 from .models import build_model, model_record, split_features_and_classifier
@@ -81,6 +82,7 @@ class TrainingRun:
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
         self._frozen_keys: set[str] = set()  # the weights that file holds
         self._rng_at_stop: RngStates | None = None
+        self.commits = BackgroundCommits()
         # Told when a request arrives through the control file (the job records "pausing").
         self.on_request: Callable[[str], None] | None = None
 
@@ -140,8 +142,15 @@ class TrainingRun:
     # -- the run ---------------------------------------------------------------------
 
     def run(self) -> None:
+        try:
+            self._run_phases()
+        finally:
+            self.commits.wait()  # the run ends when its last checkpoint is on disk
+
+    def _run_phases(self) -> None:
         phases = self.record.parameters.phases
         for phase in phases[phases.index(self.phase):]:
+            self.commits.wait()  # a phase starts from its predecessor's last checkpoint
             if phase != self.phase:  # a new phase: its own iterations and metrics
                 self.phase, self.completed_iterations, self.metrics = phase, 0, {}
                 self.start_iteration, self.pause_point = 0, None
@@ -330,8 +339,11 @@ class TrainingRun:
         if iteration % interval == 0 or iteration == self.total_iterations:
             self.record.publish(self._report(EventType.REPORT))
 
-    def commit_checkpoint(self, pause: bool = False) -> Checkpoint:
-        """Commit the current state; `pause`: a partial one, inside an iteration."""
+    def commit_checkpoint(self, pause: bool = False) -> None:
+        """Commit the current state; `pause`: a partial one, inside an iteration.
+
+        The state is copied here and written by a background thread (commits.py), so
+        training waits only for the copy; a pause waits for the write too."""
         r = self.record
         state = self.model.state_dict()
         linked = None
@@ -346,23 +358,30 @@ class TrainingRun:
             valid = measure(self.learn.model, self.learn.dls.valid, self.learn.loss_func)
             if relay.in_iteration:  # the iteration's batches so far, and the weights now
                 metrics, confusion = metrics_of(relay.train_totals, valid), valid.confusion()
-        checkpoint = r.store.commit(
+        snapshot = dict(
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
-            metrics=metrics, model_state=state, model=model_record(r.parameters, r.classes),
-            optimizer_state=self.learn.opt.state_dict(), linked_files=linked,
-            confusion=confusion, partial=pause, resume=resume, resume_tensors=resume_tensors,
-        )
+            metrics=metrics, model_state=copied(state),
+            model=model_record(r.parameters, r.classes),
+            optimizer_state=copied_optimizer_state(self.learn.opt.state_dict()),
+            linked_files=linked, confusion=confusion, partial=pause, resume=resume,
+            resume_tensors=resume_tensors)
+        event = self._report(EventType.CHECKPOINT)
+        if pause:
+            event.update(metrics=dict(metrics), partial=True)
         self.committed_step = self.step
         self.batch_losses.save(r.directory)
-        if not pause:
+        self.commits.submit(lambda: self._write_checkpoint(snapshot, event))
+        if pause:
+            self.commits.wait()
+
+    def _write_checkpoint(self, snapshot: dict[str, Any], event: dict[str, Any]) -> None:
+        """In the writer thread: commit, apply retention, tell the observers."""
+        r = self.record
+        checkpoint = r.store.commit(**snapshot)
+        if not checkpoint.partial:
             sp = r.session_parameters
             r.store.apply_retention(sp.keep_last, sp.keep_best, sp.best_metric)
-        event = {**self._report(EventType.CHECKPOINT), "id": checkpoint.id}
-        if pause:
-            event["metrics"] = dict(metrics)
-            event["partial"] = True
-        r.publish(event)
-        return checkpoint
+        r.publish({**event, "id": checkpoint.id})
 
     def _pause_point_now(self) -> PausePoint:
         relay = self.learn.cbs.filter(lambda cb: isinstance(cb, RelayMetrics))[0]
@@ -399,3 +418,17 @@ def _body_and_head(model: Any) -> list[list[Any]]:
 
 def _all_together(model: Any) -> list[list[Any]]:
     return [list(model.parameters())]
+
+
+def copied(state: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of tensors that training goes on changing in place."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def copied_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
+    """fastai's optimizer state, its tensors copied (the optimizer updates them in place)."""
+    import torch
+
+    return {"state": [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                       for k, v in s.items()} for s in state["state"]],
+            "hypers": [dict(h) for h in state["hypers"]]}

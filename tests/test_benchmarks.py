@@ -69,3 +69,9 @@ def test_understand_benchmark_prints_compare_scan_and_label_flip_figures():
     assert "recall@2k" in table and figures["compare_median_ms"] > 0
     assert figures["first_prediction_ratio_features"] > 0 and figures["scan_s"] > 0
     assert 0 <= figures["recall_at_2k"] <= 1 and figures["flipped"] >= 1
+
+
+def test_commit_benchmark_prints_blocked_times():
+    table, figures = run_benchmark("commits.py", "--architecture", "small_cnn", "--repeats", "1")
+    assert "background: snapshot only" in table
+    assert {"synchronous_ms", "background_ms", "short_iterations_ms"} <= set(figures)
