@@ -57,9 +57,10 @@ class SaliencyView(widgets.HBox):
     def __init__(self) -> None:
         self.picture = widgets.Image(format="png", layout=widgets.Layout(
             width=f"{SALIENCY_SIZE}px", height=f"{SALIENCY_SIZE}px", display="none"))
-        self.text = widgets.HTML()
+        self.text = widgets.HTML(layout=widgets.Layout(max_width="520px"))
         self.saliency: Saliency | None = None
-        super().__init__([self.picture, self.text])
+        super().__init__([self.picture, self.text], layout=widgets.Layout(grid_gap="12px"))
+        self.add_class("mlwidgets-saliency")
 
     def show(self, saliency: Saliency, title: str = "") -> None:
         self.saliency = saliency
@@ -91,6 +92,7 @@ class CellImages(widgets.VBox):
         self.rows: list[dict[str, Any]] = []
         self.on_saliency = on_saliency
         super().__init__([self.title, self.grid])
+        self.add_class("mlwidgets-cell")
 
     def show(self, true: str, predicted: str, rows: list[dict[str, Any]], where: str = "") -> None:
         self.rows = rows
@@ -133,6 +135,8 @@ class CheckpointInsight(widgets.VBox):
         self.saliency = SaliencyView()
         super().__init__([widgets.HBox([self.other, self.compare_button]), self.status,
                           self.summary, self.changes, self.cell, self.saliency])
+        self.add_class("mlwidgets-insight")
+        self.changes.add_class("mlwidgets-diff")
 
     @property
     def session(self) -> TrainingSession:
@@ -173,7 +177,7 @@ class CheckpointInsight(widgets.VBox):
         diff = self.session.compare(other, current)
         self.diff = diff
         self._show(diff)
-        self.status.value = message(diff.summary(), "success")
+        self.status.value = ""  # the summary below says it all
         return diff
 
     @reports_errors()

@@ -44,16 +44,19 @@ class DataProblemsPanel(widgets.VBox):
         self.scan_button = button("Find possible problems", self.scan, icon="search",
                                   tooltip="label errors (confident learning), duplicates and "
                                           "outliers, from the images' features")
+        self.scan_button.layout.width, self.scan_button.layout.flex = "auto", "0 0 auto"
         self.kind = widgets.ToggleButtons(options=[(v, k) for k, v in KINDS.items()],
-                                          value="label_issues")
+                                          value="label_issues", style={"button_width": "auto"})
         self.kind.observe(lambda _c: self._draw(), "value")
         self.grid = card_grid(CARD_WIDTH)
         self.decided = widgets.HTML()
         self.clean_button = button("New session on the cleaned data", self.start_clean_session,
                                    icon="plus", tooltip="a new session on these images with "
                                                         "your decisions applied")
+        self.clean_button.layout.width = "auto"
         self.children = [widgets.HBox([self.scan_button, self.status]), self.kind, self.grid,
                          widgets.HBox([self.decided, self.clean_button])]
+        self.add_class("mlwidgets-problems")
         self.set_session(session)
 
     # -- public actions ---------------------------------------------------------------
