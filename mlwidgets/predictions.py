@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from .images import load_array
 from .models import classifier_layers, inference_batch_size, skeleton_for
 from .parameters import ModelParameters
 
+log = logging.getLogger(__name__)
 PREDICTIONS_DIR = "predictions"
 TENSOR_FILE, RECORD_FILE = "probabilities.safetensors", "predictions.json"
 
@@ -78,7 +80,10 @@ class PredictionCache:
         found = self._read(checkpoint)
         if found is None:
             found, source = self._compute(checkpoint)
-            self._write(checkpoint, found, source)
+            try:
+                self._write(checkpoint, found, source)
+            except (MlwidgetsError, OSError) as e:  # a link or a read-only session: kept
+                log.warning("predictions of %s are not cached: %s", checkpoint.id, e)
             self.last_source = source
         else:
             self.last_source = "cache"

@@ -108,6 +108,17 @@ def test_a_damaged_or_stale_cache_is_recomputed_never_used(session):
     np.testing.assert_allclose(fresh.predictions(-1), good, atol=1e-6)
 
 
+def test_a_predictions_folder_that_links_elsewhere_is_never_written(session, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, session.directory / PREDICTIONS_DIR)
+    np.testing.assert_allclose(session.predictions(-1), expected_predictions(session, -1),
+                               atol=1e-6)  # computed, kept in memory, not written
+    assert list(elsewhere.iterdir()) == []
+    session.remove_checkpoints([session.checkpoints[0].id])  # nothing followed out either
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_removing_a_checkpoint_removes_its_cached_predictions(session):
     for which in range(len(session.checkpoints)):
         session.predictions(which)
@@ -296,3 +307,27 @@ def test_a_session_finds_problems_in_its_own_images(transferred):
     assert sorted(report.ranking) == list(range(n))
     assert {d.across_split for d in report.duplicates} <= {True, False}
     assert len(report.outliers) == 10
+
+
+@pytest.mark.parametrize("backbone", [{"architecture": "resnet18", "pretrained": False},
+                                      {"architecture": "mobilenet_v3_small", "pretrained": False},
+                                      {"feature_extractor": "efficientnet_lite0"}],
+                         ids=lambda b: next(iter(b.values())))
+def test_grad_cam_reads_the_last_block_of_every_backbone(backbone):
+    """resnets, mobilenets and the built-in extractor: 3x3 maps at 96 px, 2x2 at 64 px."""
+    from PIL import Image
+
+    params = mw.ModelParameters(image_size=96, **backbone)
+    model = build_model(params, 3, with_weights=False)
+    classifier = mw.ImageClassifier.from_model(model, ["a", "b", "c"], 96)
+    picture = Image.fromarray((np.random.default_rng(0).random((96, 96, 3)) * 255)
+                              .astype(np.uint8))
+    s = classifier_saliency(classifier, picture, target="b")
+    assert s.target == "b" and s.map_size == (3, 3)
+    assert s.is_meaningful or "no part of the image" in s.reason
+    if s.is_meaningful:
+        assert s.heatmap.shape == (96, 96)
+    small = build_model(params.replace(image_size=64), 3, with_weights=False)
+    tiny = classifier_saliency(mw.ImageClassifier.from_model(small, ["a", "b", "c"], 64),
+                               picture)
+    assert tiny.map_size == (2, 2) and not tiny.is_meaningful
