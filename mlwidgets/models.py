@@ -111,13 +111,13 @@ def build_model(params: ModelParameters, n_classes: int,
 
 
 def inference_batch_size(image_size: int) -> int:
-    """Images a forward pass without gradients: 8 at 224 px, more for smaller images.
+    """Images a forward pass without gradients: 4 at 224 px, more for smaller images.
 
-    Measured on 2 idle cores with EfficientNet-Lite0 at 224 px: 110 images/s in batches of
-    8, 67 in 16, 44 in 32 (activations outgrow the CPU caches), and a batch of 64 holds
-    about 1 GB of activations (Binder gives about 2 GB in all).
+    Measured on 2 idle cores with EfficientNet-Lite0 at 224 px: about 110 images/s in
+    batches of 4 or 8, 67 in 16, 44 in 32 (activations outgrow the CPU caches); a batch
+    holds about 18 MB of activations an image (Binder gives about 2 GB in all).
     """
-    return max(4, min(128, round(8 * (224 / image_size) ** 2)))
+    return max(4, min(128, round(4 * (224 / image_size) ** 2)))
 
 
 def classifier_layers(params: ModelParameters, n_features: int, n_classes: int) -> list[nn.Module]:

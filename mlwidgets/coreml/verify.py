@@ -72,15 +72,17 @@ def verify(model_path: str | os.PathLike, classifier: ImageClassifier, images: S
     """Run `images` (paths or PIL images) through the export and the classifier, and compare.
 
     `backend` is "auto" (Core ML where it can predict, else the NumPy reference),
-    "coreml" or "numpy-reference". `batch_size` None: 32 images a batch at 64 px, 8 at
-    224 px (the NumPy reference's memory grows with the pixels of a batch).
+    "coreml" or "numpy-reference". `batch_size` None: as many as the PyTorch model runs at
+    once without gradients (`models.inference_batch_size`: 4 at 224 px, 49 at 64 px).
     """
     import torch
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if batch_size is None:
-        batch_size = max(1, min(32, round(8 * (224 / classifier.image_size) ** 2)))
+        from ..models import inference_batch_size
+
+        batch_size = inference_batch_size(classifier.image_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     images = list(images)
