@@ -71,14 +71,29 @@ def figure(title: str = "", height: int = 280, **layout: Any) -> Any:
 @functools.cache
 def _figure_widget() -> type:
     import plotly.graph_objects as go
+    import traitlets
+
+    from .plotly_bundle import bundle_carrier, figure_now, loader
 
     class FigureWidget(go.FigureWidget):
-        """A FigureWidget that reports the figure as it is now when a frontend asks.
+        """A FigureWidget that reports the figure as it is now when a frontend asks, and
+        shares one copy of plotly's bundle with every other chart (see plotly_bundle.py).
 
         plotly refreshes the synced `_widget_data` / `_widget_layout` only when the figure
         itself is displayed; later changes travel as messages. A frontend that connects
         later (Voilà, a reloaded page) asks for the state and drew charts in panels empty.
         """
+
+        _esm = loader()
+        _mlwidgets_bundle = traitlets.Unicode().tag(sync=True)
+
+        @traitlets.default("_mlwidgets_bundle")
+        def _bundle_reference(self) -> str:
+            return f"IPY_MODEL_{bundle_carrier().model_id}"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.on_msg(lambda _self, content, _buffers: figure_now(self, content))
 
         def get_state(self, key: Any = None, drop_defaults: bool = False) -> dict[str, Any]:
             state = super().get_state(key, drop_defaults)
@@ -124,6 +139,18 @@ def clicked_cell(on_cell: Callable[[str, str], Any]) -> Callable[..., None]:
         if points.xs and points.ys:
             clicked(lambda: on_cell(str(points.ys[0]), str(points.xs[0])))(None)
     return handler
+
+
+def using_checkpoint(classifier: Any, best: bool = False) -> str:
+    """HTML: which checkpoint a panel uses, in words ('checkpoint: iteration 5, best'); the
+    checkpoint's id in a tooltip."""
+    c = getattr(classifier, "checkpoint", None)
+    if c is None:
+        return ""
+    where = f"paused at step {c.step_number}" if c.partial else f"iteration {c.iteration}"
+    phase = "" if c.phase == "training" else f"{c.phase.replace('_', ' ')} "
+    text = f"Using checkpoint: {phase}{where}{', best' if best else ''}"
+    return f"<div title='{escape(c.id)}'>{message(text)}</div>"
 
 
 def escape(value: Any) -> str:

@@ -21,6 +21,7 @@ from .common import (
     table,
     thumbnail_card,
     thumbnail_or_reason,
+    using_checkpoint,
 )
 from .insight import CellImages
 
@@ -42,6 +43,7 @@ class EvaluationPanel(widgets.VBox):
         self.status = widgets.HTML()
         self.evaluate_button = button("Evaluate", self.evaluate, icon="check-square",
                                       style="primary")
+        self.using = widgets.HTML(using_checkpoint(classifier))  # which checkpoint, in words
         self.accuracy = widgets.HTML()
         self.table = widgets.HTML()
         self.confusion_chart = figure("Confusion matrix", height=340)
@@ -53,11 +55,12 @@ class EvaluationPanel(widgets.VBox):
             widgets.HBox([self.table, self.confusion_chart], layout=widgets.Layout(
                 flex_flow="row wrap", align_items="flex-start", grid_gap="16px")),
             self.cell_images,
-            widgets.HTML("<b>Largest losses</b> (the images the classifier is most wrong "
-                         "about)"),
+            widgets.HTML("<b>Largest losses</b>: the images the classifier is least right "
+                         "about, each marked ✓ right or ✗ wrong"),
             self.top_loss_cards,
         ])
-        self.children = [widgets.HBox([self.evaluate_button, self.status]), self.results]
+        self.children = [self.using, widgets.HBox([self.evaluate_button, self.status]),
+                         self.results]
         self._forget_results()
 
     # -- public actions ---------------------------------------------------------------
@@ -65,6 +68,7 @@ class EvaluationPanel(widgets.VBox):
     def set_classifier(self, classifier: ImageClassifier | None) -> None:
         """Evaluate `classifier` from now on; an evaluation of another one is cleared."""
         self.classifier = classifier
+        self.using.value = using_checkpoint(classifier)
         self._forget_results()
 
     def set_data(self, data: DataSource | None) -> None:
@@ -136,7 +140,9 @@ class EvaluationPanel(widgets.VBox):
     @staticmethod
     def _loss_card(row: Any) -> widgets.VBox:
         png, problem = thumbnail_or_reason(row.source)
-        caption = [f"predicted {row.predicted} · true {row.label} · "
-                   f"p={row.probability_of_label:.2f}", Path(str(row.source)).name]
+        mark = (f"✓ right: {row.label}" if row.predicted == row.label
+                else f"✗ wrong: said {row.predicted}, is {row.label}")
+        caption = [mark, f"p({row.label}) = {row.probability_of_label:.2f}",
+                   Path(str(row.source)).name]
         return thumbnail_card(png, caption, tooltip=f"{row.source}\nloss {row.loss:.3f}",
                               width=LOSS_CARD_WIDTH, problem=problem)

@@ -13,7 +13,16 @@ from PIL import Image
 
 from ..classifier import ImageClassifier, Prediction
 from ..images import open_image, thumbnail_png
-from .common import THUMBNAIL_SIZE, button, card_grid, clicked, escape, message, reports_errors
+from .common import (
+    THUMBNAIL_SIZE,
+    button,
+    card_grid,
+    clicked,
+    escape,
+    message,
+    reports_errors,
+    using_checkpoint,
+)
 from .insight import ClassifierSaliency
 
 NO_CLASSIFIER = "Restore a checkpoint first: predictions need a trained classifier."
@@ -46,7 +55,9 @@ class PredictionPanel(widgets.VBox):
         self.results = card_grid(CARD_WIDTH)
         # Grad-CAM of the classifier on the images shown (see ui/insight.py).
         self.saliency = ClassifierSaliency(lambda: self.classifier, lambda: self._shown)
-        self.children = [widgets.HBox([self.upload, self.examples_button]), self.status,
+        self.using = widgets.HTML()  # which checkpoint, in words
+        self.children = [self.using, widgets.HBox([self.upload, self.examples_button]),
+                         self.status,
                          self.results, self.saliency]
         self.set_examples(examples or [])
         self.set_classifier(classifier)
@@ -56,6 +67,7 @@ class PredictionPanel(widgets.VBox):
     def set_classifier(self, classifier: ImageClassifier | None) -> None:
         """Predict with `classifier` from now on; images already shown are predicted again."""
         self.classifier = classifier
+        self.using.value = using_checkpoint(classifier)  # which checkpoint, in words
         if classifier is None:
             self.results.children, self.predictions = [], []
             self.status.value = message(NO_CLASSIFIER)

@@ -11,7 +11,7 @@ The recipe is guides/browser-tests.md (named in DESIGN.md). In short:
 - `page` comes from pytest-playwright (so `--screenshot`, `--tracing`, `--video` work), launched
   on /usr/bin/chromium with a tall viewport.
 - `console_errors`: the browser console's errors on `page` (assert it stays empty); ignores
-  the known harmless anywidget message and failed loads of non-local (CDN) resources.
+  only failed loads of non-local (CDN) resources.
 - `screenshot(target, name)`: saves a page or locator screenshot, returns its Path.
 - `write_notebook(path, cells)`: writes code cells with nbformat (`lab.notebook(name, cells)`
   writes into `lab.root`).
@@ -60,8 +60,9 @@ BROWSER_TEST_TIMEOUT = 180
 # Playwright's `expect` gives up after 5 s by default; on 2 busy cores a kernel round trip or a
 # widget's first render can take longer than that.
 expect.set_options(timeout=20_000)
-# Printed when plotly's bundle loads slowly; the chart still renders (see the guide).
-HARMLESS_CONSOLE_ERRORS = (re.compile(r"\[anywidget\] Failed to initialize model\."),)
+# None: `[anywidget] Failed to initialize model.` meant a chart that stopped following its
+# figure (ui/plotly_bundle.py removed its cause), so every console error fails a test.
+HARMLESS_CONSOLE_ERRORS: tuple[re.Pattern[str], ...] = ()
 # Servers under test run here; a resource elsewhere (Voilà's template takes Font Awesome from
 # cdn.jsdelivr.net) fails to load only because these machines are offline.
 LOCAL_URL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)[:/]")

@@ -257,8 +257,9 @@ def test_the_studio_in_voila(voila_server, trained_dir, tmp_path, write_notebook
     train = open_tab(studio, "Train")
     expect(summary).to_be_hidden()
     expect(train.get_by_text(re.compile(r"^completed · done · iteration 3/3"))).to_be_visible()
-    # Training and validation lines of both charts, and a marker per checkpoint on each.
-    expect(train.locator(".scatterlayer .trace path.js-line")).to_have_count(4)
+    # Training and validation lines of both charts, the batch line the session recorded, and
+    # a marker per checkpoint on each chart.
+    expect(train.locator(".scatterlayer .trace path.js-line")).to_have_count(5)
     expect(train.locator(".scatterlayer .point")).to_have_count(6)
     checkpoints = open_tab(studio, "Checkpoints")
     expect(checkpoints.locator(".noUi-handle")).to_be_visible()
