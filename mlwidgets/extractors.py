@@ -110,6 +110,8 @@ def build(name: str, image_size: int, with_weights: bool = True,
     try:
         net = timm.create_model(timm_name, pretrained=download, num_classes=0, global_pool="")
     except Exception as e:  # offline and not in timm's cache: hub and URL errors vary
+        from .models import ExtractorWeightsUnavailable
+
         raise ExtractorWeightsUnavailable(name, e) from None
     if with_weights and weights_file:
         load_weights_file(net, weights_file)
@@ -133,15 +135,6 @@ def imagenet_classifier(image_size: int = 224) -> nn.Sequential:
     fix_same_padding(net, image_size)
     p = PREPROCESSING[BUILT_IN]
     return nn.Sequential(Normalize(p.mean, p.std), net).eval()
-
-
-class ExtractorWeightsUnavailable(RuntimeError):
-    def __init__(self, name: str, cause: Exception):
-        super().__init__(
-            f"could not get the pretrained {name} weights ({type(cause).__name__}: {cause}). "
-            f"Use the built-in feature_extractor={BUILT_IN!r} (no download), put the weights "
-            "in timm's cache (HF_HOME) while online, or pass "
-            f"weights_file='my-{name}.safetensors' with a local file")
 
 
 class FixedPadConv2d(nn.Conv2d):

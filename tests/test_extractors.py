@@ -210,3 +210,20 @@ def test_a_lite0_classifier_exports_and_verifies(lite0_session, tmp_path):
     old = classifier.write(tmp_path / "lite0.mlmodel")
     report = verify(old.path, classifier, images, backend="numpy-reference")
     assert report.top1_agreement == 1.0 and report.max_abs_diff <= 1e-4, report
+
+
+def test_a_timm_extractor_without_its_weights_says_what_to_do(monkeypatch):
+    import timm
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real(name, pretrained=pretrained, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(mw.PretrainedWeightsUnavailable, match="resnet10t.*weights_file"):
+        build_model(ModelParameters(feature_extractor="resnet10t", image_size=32), 2)
+    skeleton = build_model(ModelParameters(feature_extractor="resnet10t", image_size=32), 2,
+                           with_weights=False).eval()  # a checkpoint restores offline
+    assert skeleton(torch.rand(1, 3, 32, 32)).shape == (1, 2)
