@@ -1,5 +1,5 @@
 """What changed and why, as widgets: the images of a confusion cell, a checkpoint diff with
-the images it fixed and broke, and Grad-CAM maps of where a checkpoint looks.
+the images it fixed and broke, and where the selected checkpoint looks (ui/saliency.py).
 
 Views over the engine (`session.compare`, `session.confusion_cell`, `session.saliency`,
 mlwidgets.saliency for a classifier); every button's action is a public method.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as widgets
 
 from ..checkpoints import Checkpoint
-from ..saliency import Saliency, classifier_saliency
+from ..saliency import Saliency
 from .common import (
     button,
     card_grid,
@@ -25,6 +25,7 @@ from .common import (
     thumbnail_card,
     thumbnail_or_reason,
 )
+from .saliency import SaliencyView
 
 if TYPE_CHECKING:
     from ..compare import CheckpointDiff, ImageChange
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from .timeline import CheckpointTimeline
 
 CARD_WIDTH = 150
-SALIENCY_SIZE = 192
 MAX_CARDS = 48  # a cell of thousands of images must not become thousands of widgets
 
 
@@ -49,38 +49,6 @@ def image_card(path: Any, caption: list[str], on_saliency: Callable[[Any], Any] 
         look.layout.width = f"{CARD_WIDTH}px"
         card.children = (*card.children, look)
     return card
-
-
-class SaliencyView(widgets.HBox):
-    """One Grad-CAM map over its image, or the sentence saying why there is none."""
-
-    def __init__(self) -> None:
-        self.picture = widgets.Image(format="png", layout=widgets.Layout(
-            width=f"{SALIENCY_SIZE}px", height=f"{SALIENCY_SIZE}px", display="none"))
-        self.text = widgets.HTML(layout=widgets.Layout(max_width="520px"))
-        self.saliency: Saliency | None = None
-        super().__init__([self.picture, self.text], layout=widgets.Layout(grid_gap="12px"))
-        self.add_class("mlwidgets-saliency")
-
-    def show(self, saliency: Saliency, title: str = "") -> None:
-        self.saliency = saliency
-        self.picture.value = saliency.overlay_png(SALIENCY_SIZE)
-        self.picture.layout.display = ""
-        lines = [f"<b>{escape(title)}</b>" if title else "",
-                 f"Grad-CAM for <b>{escape(saliency.target)}</b> "
-                 f"(p={saliency.probability:.2f}; predicted {escape(saliency.predicted)})"]
-        if saliency.reason:
-            lines.append(message("No heat map: " + saliency.reason))
-        else:
-            lines.append("red: where the evidence for this class is")
-        if saliency.note:
-            lines.append(message("Note: " + saliency.note))
-        self.text.value = "<br>".join(line for line in lines if line)
-
-    def clear(self) -> None:
-        self.saliency = None
-        self.picture.layout.display = "none"
-        self.text.value = ""
 
 
 class CellImages(widgets.VBox):
@@ -233,42 +201,3 @@ class CheckpointInsight(widgets.VBox):
 
 def _delta(value: float) -> str:
     return "0" if abs(value) < 5e-4 else f"{value:+.2f}"
-
-
-class ClassifierSaliency(widgets.VBox):
-    """Grad-CAM for the images a panel shows with a classifier (the Preview tab)."""
-
-    def __init__(self, classifier: Callable[[], Any], images: Callable[[], tuple[list, list]]):
-        self._classifier, self._images = classifier, images
-        self.picker = widgets.Dropdown(description="Where it looks:", options=[],
-                                       style={"description_width": "initial"})
-        self.show_button = button("Show", lambda: self.show(self.picker.index or 0), icon="eye")
-        self.status = widgets.HTML()
-        self.view = SaliencyView()
-        super().__init__([widgets.HBox([self.picker, self.show_button]), self.status,
-                          self.view])
-
-    def images_changed(self) -> None:
-        images, names = self._images()
-        self.picker.options = [(name, k) for k, name in enumerate(names)]
-        self.view.clear()
-
-    @reports_errors()
-    def show(self, which: int | Any = 0) -> Saliency:
-        """Grad-CAM of the classifier on a shown image (its position) or any image."""
-        classifier = self._classifier()
-        if classifier is None:
-            raise ValueError("Restore a checkpoint first: saliency needs a trained classifier.")
-        images, names = self._images()
-        if isinstance(which, int):
-            if not images:
-                raise ValueError("Predict some images first.")
-            image, name = images[which], names[which]
-        else:
-            image, name = which, Path(str(which)).name
-        from ..images import open_image
-
-        found = classifier_saliency(classifier, open_image(image))
-        self.view.show(found, name)
-        self.status.value = ""
-        return found

@@ -23,7 +23,7 @@ from .common import (
     reports_errors,
     using_checkpoint,
 )
-from .insight import ClassifierSaliency
+from .saliency import ClassifierSaliency
 
 NO_CLASSIFIER = "Restore a checkpoint first: predictions need a trained classifier."
 CARD_WIDTH = 360
