@@ -2,19 +2,24 @@
 then run problems.find_problems on them.
 
 A transfer-learning session has them already (its extracted features, the plain pass of
-the training images and the validation images). Other sessions and DataSources extract
-them with a feature extractor (the built-in EfficientNet-Lite0 by default).
+the training images and the validation images). Other sessions extract them once with a
+feature extractor (the built-in EfficientNet-Lite0 by default) and keep them in their
+features cache; a DataSource extracts them each time.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from . import features as feats
 from .data import DataSource, Item
+from .errors import MlwidgetsError
+from .files import mkdir_confined
 from .models import build_model
 from .parameters import ModelParameters
 from .problems import DataReport, file_hashes, find_problems
@@ -22,6 +27,7 @@ from .problems import DataReport, file_hashes, find_problems
 if TYPE_CHECKING:
     from .session import TrainingSession
 
+log = logging.getLogger(__name__)
 DEFAULT_EXTRACTOR, DEFAULT_SIZE = "efficientnet_lite0", 128
 
 
@@ -46,8 +52,25 @@ def session_features(session: TrainingSession, feature_extractor: str = DEFAULT_
             # train_x holds the plain pass first, then any augmented views.
             return (np.concatenate([t["train_x"][:len(train)].numpy(),
                                     t["valid_x"].numpy()]), "cached features")
+    # Extracted once and kept in the session's features cache, under a key of their own
+    # (never one training could take for its frozen body: that file is left empty here).
+    params = ModelParameters(feature_extractor=feature_extractor, image_size=image_size)
+    key = {**feats.feature_key(params, session.data_fingerprint), "purpose": "data problems"}
+    directory = session.directory / feats.FEATURES_DIR
+    try:
+        found = feats.find(directory, key)
+    except MlwidgetsError:  # damaged: extracted again below
+        found = None
+    how = f"features extracted by {feature_extractor} at {image_size} px"
+    if found is not None:
+        return found.tensors["train_x"].numpy(), how + " (cached)"
     x = extract_features(train + valid, session.classes, feature_extractor, image_size)
-    return x, f"features extracted by {feature_extractor} at {image_size} px"
+    try:
+        mkdir_confined(session.directory, feats.FEATURES_DIR)
+        feats.save(directory, key, {"train_x": torch.from_numpy(x)}, {})
+    except (MlwidgetsError, OSError) as e:  # a read-only or unsafe session: not cached
+        log.warning("the features for finding data problems are not cached: %s", e)
+    return x, how
 
 
 def session_problems(session: TrainingSession, feature_extractor: str = DEFAULT_EXTRACTOR,

@@ -336,3 +336,19 @@ def test_grad_cam_reads_the_last_block_of_every_backbone(backbone):
     tiny = classifier_saliency(mw.ImageClassifier.from_model(small, ["a", "b", "c"], 64),
                                picture)
     assert tiny.map_size == (2, 2) and not tiny.is_meaningful
+
+
+def test_a_scan_extracts_features_once_under_a_key_training_never_takes(session):
+    from mlwidgets import features
+    from mlwidgets.scan import session_features
+
+    first, how = session_features(session, image_size=32)
+    assert not how.endswith("(cached)")
+    again, how = session_features(mw.TrainingSession.restore(session.directory), image_size=32)
+    assert how.endswith("(cached)")
+    np.testing.assert_array_equal(first, again)
+    (folder,) = (session.directory / features.FEATURES_DIR).iterdir()
+    assert json.loads((folder / "features.json").read_text())["key"]["purpose"] == \
+        "data problems"
+    report = session.find_data_problems(image_size=32)
+    assert len(report.paths) == len(first)
