@@ -102,6 +102,11 @@ def test_a_damaged_or_stale_cache_is_recomputed_never_used(session):
     np.testing.assert_allclose(fresh.predictions(-1), good, atol=1e-6)
     assert fresh.prediction_cache.last_source == "images"
     record = folder / "predictions.json"
+    text = record.read_text()  # rewritten by the recomputation: now change one of its bytes
+    record.write_text(text.replace('"images"', '"imagez"', 1))
+    fresh = mw.TrainingSession.restore(session.directory)
+    np.testing.assert_allclose(fresh.predictions(-1), good, atol=1e-6)
+    assert fresh.prediction_cache.last_source == "images"
     record.unlink()
     os.symlink("/etc/passwd", record)  # a link is never followed: recomputed
     fresh = mw.TrainingSession.restore(session.directory)
