@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
+from . import distributed
 from .augment import augment_batch
 from .parameters import Augmentation
 from .resume import PausePoint, RngStates, iteration_seed, seed_everything
@@ -62,7 +63,7 @@ class ResumeInsideIteration(Callback):
         for _ in range(p.batch):
             self.learn.pct_train += step
         if p.order is not None:
-            self.dls.train.resume_at = (p.order, p.batch)
+            distributed.inner_loader(self.dls.train).resume_at = (p.order, p.batch)
         self.pending_rng = True
 
     def before_batch(self) -> None:
@@ -87,24 +88,36 @@ class RelayMetrics(Callback):
 
     def before_train(self) -> None:
         self.train_totals = self.sink.iteration_started(self.epoch)
+        self.seen: int | None = None  # rows of this pass so far (set at its first batch)
 
     def before_validate(self) -> None:
         self.valid = ValidationTally()
+        self.seen = None
 
     def after_batch(self) -> None:
-        y = self.yb[0]
+        y, pred, loss = self.yb[0], self.pred, float(self.loss.detach())
+        self.n_classes = pred.shape[1]
+        if self.seen is None:
+            self.seen = getattr(self.dl, "skipped_rows", 0)
+        real = distributed.real_rows(self.dl, self.seen, len(y))
+        self.seen += len(y)
+        if real < len(y):  # a data-parallel loader's padding repeats samples: not counted
+            y, pred = y[:real], pred[:real]
+        real_loss = loss if real == len(y) or not real else float(self.loss_func(pred, y))
         if self.training:
-            loss = float(self.loss.detach())
-            self.train_totals.add(loss, int((self.pred.argmax(dim=1) == y).sum()), len(y))
+            if real:
+                self.train_totals.add(real_loss, int((pred.argmax(dim=1) == y).sum()), real)
             self.sink.batch_done(loss)
-        else:
-            self.valid.add(self.pred, y, float(self.loss.detach()))
+        elif real:
+            self.valid.add(pred, y, real_loss)
 
     def after_epoch(self) -> None:
-        if self.in_iteration:
+        if getattr(self, "train_totals", None) is not None:  # an iteration that trained
             valid = getattr(self, "valid", None) or ValidationTally()
-            self.sink.iteration_done(self.epoch + 1, metrics_of(self.train_totals, valid),
-                                     valid.confusion())
+            train, valid = over_ranks(self.train_totals, valid, self.n_classes)
+            if train.count:
+                self.sink.iteration_done(self.epoch + 1, metrics_of(train, valid),
+                                         valid.confusion())
         self.train_totals, self.valid = None, None
 
     @property
@@ -142,11 +155,11 @@ class StopOnRequest(Callback):
         self.sink = sink
 
     def before_train(self) -> None:
-        if self.sink.should_stop():
+        if self.sink.stop_agreed():
             raise CancelFitException
 
     def after_batch(self) -> None:
-        if self.training and self.sink.should_stop():
+        if self.training and self.sink.stop_agreed():
             self.sink.stopping_after_batch()
             raise CancelFitException
 
@@ -189,6 +202,26 @@ def measure(model: torch.nn.Module, loader: Any, loss_func: Any) -> ValidationTa
         model.train(was_training)
         rng.restore()
     return tally
+
+
+def over_ranks(train: Totals, valid: ValidationTally,
+               n_classes: int) -> tuple[Totals, ValidationTally]:
+    """The totals of every data-parallel worker summed (each worker's own when alone)."""
+    if not distributed.is_distributed():
+        return train, valid
+    counts = valid.counts if valid.counts is not None else torch.zeros(
+        n_classes * n_classes, dtype=torch.int64)
+    v = valid.totals
+    summed = distributed.sum_over_ranks([train.loss_sum, train.correct, train.count,
+                                         v.loss_sum, v.correct, v.count, *counts.tolist()])
+    whole_train = Totals(summed[0], round(summed[1]), round(summed[2]))
+    whole_valid = ValidationTally()
+    whole_valid.totals = Totals(summed[3], round(summed[4]), round(summed[5]))
+    whole_valid.totals.last_loss, whole_valid.totals.last_accuracy = v.last_loss, v.last_accuracy
+    if whole_valid.totals.count:
+        whole_valid.counts = torch.tensor([round(c) for c in summed[6:]], dtype=torch.int64)
+        whole_valid.n_classes = n_classes
+    return whole_train, whole_valid
 
 
 def metrics_of(train: Totals, valid: ValidationTally) -> dict[str, float | None]:

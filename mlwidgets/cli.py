@@ -28,6 +28,7 @@ from .parameters import (
     FEATURE_EXTRACTORS,
 )
 from .schemas import MAX_BATCH_SIZE, MAX_IMAGE_SIZE, MAX_ITERATIONS
+from .session import MAX_PROCESSES
 
 EXIT_ERROR = 2
 
@@ -132,11 +133,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=ITERATIONS, help="default: 25, as Create ML")
     t.add_argument("--checkpoint-interval", type=ITERATIONS, default=1)
     t.add_argument("--augment", action="store_true", help="use all six augmentations")
+    t.add_argument("--processes", type=_int_in(1, MAX_PROCESSES), default=1,
+                   help="data-parallel worker processes (gloo on CPUs, NCCL on GPUs)")
     t.set_defaults(run=_train)
 
     r = sub.add_parser("resume", help="continue a session from its latest checkpoint")
     _add_session_args(r)
     r.add_argument("--iterations", type=ITERATIONS, help="raise the total iteration budget")
+    r.add_argument("--processes", type=_int_in(1, MAX_PROCESSES), default=1,
+                   help="data-parallel worker processes (gloo on CPUs, NCCL on GPUs)")
     r.set_defaults(run=_resume)
 
     for name, what in (("status", "show where a session's training stands"),
@@ -229,7 +234,7 @@ def _train(args: argparse.Namespace) -> int:
         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     session = TrainingSession.create(data, params, args.session,
                                      checkpoint_interval=args.checkpoint_interval)
-    return follow(session, session.start())
+    return follow(session, _start(session, args.processes))
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -237,7 +242,14 @@ def _resume(args: argparse.Namespace) -> int:
 
     session = TrainingSession.restore(args.session, args.data_root)
     print(f"Resuming {session.directory} from {session.latest_checkpoint or 'the start'}")
+    if args.processes > 1:
+        return follow(session, session.resume(args.iterations, "process", args.processes))
     return follow(session, session.resume(args.iterations))
+
+
+def _start(session: Any, processes: int) -> Any:
+    """Train here, or in `processes` data-parallel worker processes."""
+    return session.start("process", processes) if processes > 1 else session.start()
 
 
 def _control(args: argparse.Namespace) -> int:

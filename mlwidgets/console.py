@@ -7,6 +7,7 @@ from typing import Any
 
 from .errors import TrainingError, describe, printable
 from .events import EventType, RunState
+from .follow import SessionFollower
 
 METRIC_COLUMNS = (("train_loss", "loss"), ("train_accuracy", "acc"),
                   ("valid_loss", "val loss"), ("valid_accuracy", "val acc"))
@@ -39,15 +40,19 @@ def follow(session: Any, job: Any) -> int:
         elif event["type"] == EventType.CHECKPOINT:
             print(f"{clear}    checkpoint {event['id']} committed", flush=True)
 
-    unsubscribe = session.on_event(show)
+    # Events are read from the session, so a run in worker processes shows the same way.
+    follower = SessionFollower(session, from_start=False)
     try:
         while not job.wait(0.5):
-            pass
+            for event in follower.poll():
+                show(event)
     except KeyboardInterrupt:
         print("\npausing: committing a checkpoint…", flush=True)
         session.pause()
     finally:
-        unsubscribe()
+        for event in follower.poll():
+            show(event)
+        follower.stop()
     if job.state is RunState.FAILED:
         cause = describe(job.error) if job.error is not None else "no reason recorded"
         raise TrainingError(f"training failed: {cause}", session.directory,

@@ -16,6 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .distributed import launcher_command
 from .events import EventType, Progress, RunState
 from .files import open_for_append_confined
 from .job import Job
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
 
 STARTUP_TIMEOUT = 300.0  # seconds for the child to import torch and take the session's lock
 POLL_INTERVAL = 0.1  # seconds between looks at another process's lock and record
+
+
+def worker_command(session_dir: str, data_root: str | None, processes: int) -> list[str]:
+    """The command that trains `session_dir` in `processes` worker processes."""
+    if processes > 1:
+        return launcher_command(processes, session_dir, data_root)
+    command = [sys.executable, "-m", "mlwidgets.worker", session_dir]
+    return command + (["--data-root", data_root] if data_root else [])
 
 
 class TrainingProcessError(RuntimeError):
@@ -39,9 +48,11 @@ class ProcessJob:
     that some other process started (a kernel that was restarted, a terminal).
     """
 
-    def __init__(self, record: SessionRecord, process: subprocess.Popen | None = None):
+    def __init__(self, record: SessionRecord, process: subprocess.Popen | None = None,
+                 processes: int = 1):
         self.record = record
         self.process = process
+        self.processes = processes  # data-parallel workers (see distributed.py)
         self.run = None  # no live run in this process
 
     @classmethod
@@ -56,9 +67,8 @@ class ProcessJob:
         if SessionLock(directory).is_held():
             raise RuntimeError(f"{directory} is being trained by another process or thread; "
                                "wait for it or stop it first")
-        command = [sys.executable, "-m", "mlwidgets.worker", str(directory)]
-        if self.record.data_root is not None:
-            command += ["--data-root", str(self.record.data_root)]
+        data_root = None if self.record.data_root is None else str(self.record.data_root)
+        command = worker_command(str(directory), data_root, self.processes)
         log = open_for_append_confined(directory, LOG_FILE)
         try:
             self.process = subprocess.Popen(

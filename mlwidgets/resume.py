@@ -75,12 +75,15 @@ class PausePoint:
     order: list[int] | None
     totals: dict[str, float | int]
     rng: RngStates
+    rank_totals: list[dict[str, float | int]] | None = None  # data-parallel: each worker's
 
     def to_record(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(JSON for checkpoint.json's "resume", tensors for resume.safetensors)."""
         record = {"version": RECORD_VERSION, "iteration": self.iteration, "batch": self.batch,
                   "batches": self.batches, "totals": dict(self.totals),
                   "rng": dict(self.rng.scalars)}
+        if self.rank_totals is not None:
+            record["rank_totals"] = [dict(t) for t in self.rank_totals]
         tensors = dict(self.rng.tensors)
         if self.order is not None:
             tensors["order"] = torch.tensor(self.order, dtype=torch.int64)
@@ -96,4 +99,5 @@ class PausePoint:
         return cls(iteration=int(record["iteration"]), batch=int(record["batch"]),
                    batches=int(record["batches"]),
                    order=None if order is None else order.tolist(),
-                   totals=dict(record["totals"]), rng=rng)
+                   totals=dict(record["totals"]), rng=rng,
+                   rank_totals=record.get("rank_totals"))

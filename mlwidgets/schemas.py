@@ -224,6 +224,10 @@ class ResumeRecord(TypedDict, total=False):
     batches: Annotated[int, Field(ge=0, le=MAX_STEPS)]
     totals: Annotated[dict[Annotated[str, Field(max_length=64)], int | Number],
                       Field(max_length=64)]
+    # Data-parallel runs: each worker's share of the totals, in rank order.
+    rank_totals: Annotated[list[Annotated[dict[Annotated[str, Field(max_length=64)],
+                                               int | Number], Field(max_length=64)]],
+                           Field(max_length=256)]
     rng: Annotated[dict[Annotated[str, Field(max_length=64)], Json], Field(max_length=64)]
 
 

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 # Where training runs: a thread of this process, or a child process that outlives it.
 RUNNERS = ("thread", "process")
+MAX_PROCESSES = 256  # data-parallel workers on one machine
 
 
 class TrainingSession:
@@ -370,13 +371,20 @@ class TrainingSession:
 
     # -- training ---------------------------------------------------------------------
 
-    def start(self, runner: str = "thread") -> Job | ProcessJob:
+    def start(self, runner: str = "thread", processes: int = 1) -> Job | ProcessJob:
         """Train from the latest checkpoint; returns the job at once.
 
         `runner="thread"` (the default) trains in a background thread of this process;
         `runner="process"` in a child process that outlives this kernel (see process_job.py):
-        the same controls, through the session directory.
+        the same controls, through the session directory. `processes=N` (with
+        runner="process") trains data-parallel in N worker processes (see distributed.py).
         """
+        if not isinstance(processes, int) or not 1 <= processes <= MAX_PROCESSES:
+            raise ValueError(f"processes must be a whole number from 1 to {MAX_PROCESSES}, "
+                             f"got {processes!r}")
+        if processes > 1 and runner != "process":
+            raise ValueError("data-parallel training runs in worker processes: pass "
+                             f'runner="process" with processes={processes}')
         if runner not in RUNNERS:
             raise ValueError(f"unknown runner {runner!r}; choose one of {', '.join(RUNNERS)}")
         if self.job is not None and not self.job.done:
@@ -385,12 +393,14 @@ class TrainingSession:
             raise ValueError(
                 f"session {self.directory} has already trained all {self.iterations} iterations;"
                 " call train_more(5) to train 5 more")
-        job = Job(self.record) if runner == "thread" else ProcessJob(self.record)
+        job = Job(self.record) if runner == "thread" else ProcessJob(self.record,
+                                                                     processes=processes)
         job.start()
         self.job = job
         return job
 
-    def resume(self, iterations: int | None = None, runner: str = "thread") -> Job | ProcessJob:
+    def resume(self, iterations: int | None = None, runner: str = "thread",
+               processes: int = 1) -> Job | ProcessJob:
         """Continue from the latest checkpoint (exactly where a pause stopped);
         `iterations` sets a new total budget for the main phase."""
         if iterations is not None and iterations != self.iterations:
@@ -400,7 +410,7 @@ class TrainingSession:
                 raise ValueError(f"iterations={iterations} is not more than the {done} "
                                  "iterations already trained")
             self.record.set_iterations(iterations)
-        return self.start(runner)
+        return self.start(runner, processes)
 
     def train_more(self, iterations: int, runner: str = "thread") -> Job | ProcessJob:
         """Raise the main phase's budget by `iterations` and continue training."""

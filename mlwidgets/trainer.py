@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import distributed
 from . import features as feats
 from .batch_losses import BatchLosses
 from .callbacks import (
@@ -82,6 +83,7 @@ class TrainingRun:
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
         self._frozen_keys: set[str] = set()  # the weights that file holds
         self._rng_at_stop: RngStates | None = None
+        self.main = distributed.is_main()
         self.commits = BackgroundCommits()
         # Told when a request arrives through the control file (the job records "pausing").
         self.on_request: Callable[[str], None] | None = None
@@ -122,6 +124,10 @@ class TrainingRun:
     def stop_requested(self) -> bool:
         return self.should_stop()
 
+    def stop_agreed(self) -> bool:
+        """should_stop(), agreed by every data-parallel worker (rank 0 reads requests)."""
+        return distributed.agree(self.should_stop())
+
     def stopping_after_batch(self) -> None:
         """Called as training stops after a batch: the RNGs are as the next batch finds them."""
         self._rng_at_stop = RngStates.capture()
@@ -129,7 +135,7 @@ class TrainingRun:
     def _look_at_control_file(self) -> None:
         # Another process (the CLI, another kernel) asks through control.json.
         now = time.monotonic()
-        if now - self._last_control_look < CONTROL_POLL_INTERVAL:
+        if not self.main or now - self._last_control_look < CONTROL_POLL_INTERVAL:
             return
         self._last_control_look = now
         found = self.record.read_request()
@@ -159,7 +165,7 @@ class TrainingRun:
                     self._extract_features()
                 else:
                     self._fit(phase)
-            if self.should_stop():
+            if self.stop_agreed():
                 return
 
     def _fit(self, phase: str) -> None:
@@ -176,14 +182,15 @@ class TrainingRun:
         cbs = [SeedIterations(p.seed, phase)]
         if self.pause_point is not None:
             cbs.append(ResumeInsideIteration(self.pause_point))
-        with learn.no_bar(), learn.no_logging():
+        with learn.no_bar(), learn.no_logging(), distributed.data_parallel(learn):
             learn.fit_one_cycle(self.total_iterations, lr_max=lr, cbs=cbs,
                                 start_epoch=self.completed_iterations)
+        stopped = self.stop_agreed()
         if self.step == self.committed_step:
             return
-        if not self.should_stop():
+        if not stopped:
             self.commit_checkpoint()  # the final iteration is always kept
-        elif self.stop_reason == "pause":
+        elif distributed.agree(self.stop_reason == "pause"):
             self.commit_checkpoint(pause=True)
 
     def _network(self, frozen: dict[str, Any] | None = None) -> Any:
@@ -264,13 +271,13 @@ class TrainingRun:
     def _extract_features(self) -> None:
         r, p = self.record, self.record.parameters
         directory, key = r.directory / feats.FEATURES_DIR, r.feature_key()
-        model = None
-        if feats.find(directory, key) is None:
+        if distributed.agree(feats.find(directory, key) is None):
             seed_everything(iteration_seed(p.seed, self.phase, -1))
             model = build_model(p, len(r.classes))
             train, valid = r.split
+            share = distributed.share  # each data-parallel worker extracts its share
             try:
-                tensors = feats.extract(model, train, valid, r.classes, p,
+                tensors = feats.extract(model, share(train), share(valid), r.classes, p,
                                         self.total_iterations - 2,
                                         progress=self._extraction_progress,
                                         stop=lambda: self.stop_requested,
@@ -278,21 +285,25 @@ class TrainingRun:
                                         decoding=self._decoding_progress)
             except Stopped:  # while decoding
                 tensors = None
-            if tensors is None:  # features are all or nothing: nothing is kept
+            if distributed.agree(tensors is None):  # all or nothing: nothing is kept
                 self.note = (f"paused while extracting features (pass "
                              f"{self.completed_iterations + 1} of {self.total_iterations}): "
                              "extraction starts again on resume")
                 self.completed_iterations = 0
                 return
-            feats.save(directory, key, tensors, feats.body_state(model))
+            tensors = distributed.gather_features(tensors, len(train), len(valid))
+            if self.main:
+                feats.save(directory, key, tensors, feats.body_state(model))
+            distributed.barrier()  # the other workers read rank 0's features
         self.completed_iterations = self.total_iterations
         self.metrics = {}
-        r.publish(self._report(EventType.REPORT))
-        checkpoint = r.store.commit(
-            phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
-            metrics={}, model_state=None, model=model_record(p, r.classes))
+        if self.main:
+            r.publish(self._report(EventType.REPORT))
+            checkpoint = r.store.commit(
+                phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
+                metrics={}, model_state=None, model=model_record(p, r.classes))
+            r.publish({**self._report(EventType.CHECKPOINT), "id": checkpoint.id})
         self.committed_step = self.step
-        r.publish({**self._report(EventType.CHECKPOINT), "id": checkpoint.id})
 
     def _decoding_progress(self, done: int, total: int) -> None:
         if self.stop_requested:
@@ -314,6 +325,9 @@ class TrainingRun:
         if point is not None and point.iteration == epoch:
             self.pause_point = None  # resumed: used once
             self.batches_in_iteration = point.batch
+            shares = point.rank_totals
+            if shares and len(shares) == distributed.world_size():
+                return Totals(**shares[distributed.rank()])
             return Totals(**point.totals)
         return Totals()
 
@@ -328,7 +342,7 @@ class TrainingRun:
         now = time.monotonic()
         if now - self._last_event.get(kind, 0.0) >= BATCH_EVENT_INTERVAL:
             self._last_event[kind] = now  # each kind its own pace: progress never hides loss
-            self.record.publish({"type": kind.value, "phase": self.phase, "step": self.step,
+            self._publish({"type": kind.value, "phase": self.phase, "step": self.step,
                                  **fields}, persist=False)
 
     def iteration_done(self, iteration: int, metrics: dict[str, float | None],
@@ -337,7 +351,11 @@ class TrainingRun:
         self.batches_in_iteration = 0
         interval = self.record.session_parameters.report_interval
         if iteration % interval == 0 or iteration == self.total_iterations:
-            self.record.publish(self._report(EventType.REPORT))
+            self._publish(self._report(EventType.REPORT))
+
+    def _publish(self, event: dict[str, Any], persist: bool = True) -> None:
+        if self.main:  # one voice per run: data-parallel workers other than rank 0 are quiet
+            self.record.publish(event, persist)
 
     def commit_checkpoint(self, pause: bool = False) -> None:
         """Commit the current state; `pause`: a partial one, inside an iteration.
@@ -345,6 +363,11 @@ class TrainingRun:
         The state is copied here and written by a background thread (commits.py), so
         training waits only for the copy; a pause waits for the write too."""
         r = self.record
+        if not self.main:  # rank 0 writes the session; the others join its gathers
+            if pause:
+                self._pause_point_now()
+            self.committed_step = self.step
+            return
         state = self.model.state_dict()
         linked = None
         if self._frozen is not None:  # store only what trains; link the frozen body
@@ -387,12 +410,15 @@ class TrainingRun:
         relay = self.learn.cbs.filter(lambda cb: isinstance(cb, RelayMetrics))[0]
         inside = relay.in_iteration
         totals = relay.train_totals.to_dict() if inside else Totals().to_dict()
+        every_rank = distributed.gather_to_main(totals)  # each worker's share of the totals
         return PausePoint(
             iteration=self.completed_iterations,
             batch=self.batches_in_iteration if inside else 0,
-            batches=len(self.learn.dls.train),
+            # fastai's count for the pass that stopped (a data-parallel worker's share)
+            batches=self.learn.n_iter if inside else len(self.learn.dls.train),
             order=self.learn.dls.train.order if inside else None,
-            totals=totals, rng=self._rng_at_stop if inside else RngStates.capture())
+            totals=totals, rank_totals=every_rank if distributed.is_distributed() else None,
+            rng=self._rng_at_stop if inside else RngStates.capture())
 
     def _report(self, kind: EventType) -> dict[str, Any]:
         return {"type": kind.value, "phase": self.phase, "iteration": self.completed_iterations,
