@@ -62,8 +62,11 @@ def test_top_loss_cards_name_their_images(classifier: mw.ImageClassifier,
     assert len(captions) == 4
     for row, caption in zip(worst.itertuples(), captions):
         assert Path(row.source).name in caption
-        assert (f"predicted {row.predicted} · true {row.label} · "
-                f"p={row.probability_of_label:.2f}") in caption
+        # Right or wrong, said first, then the probability of the true class.
+        mark = (f"✓ right: {row.label}" if row.predicted == row.label
+                else f"✗ wrong: said {row.predicted}, is {row.label}")
+        assert mark in caption and f"p({row.label}) = {row.probability_of_label:.2f}" in caption
+    assert "checkpoint" in panel.using.value or classifier.checkpoint is None
 
 
 def test_status_says_what_is_being_evaluated(classifier: mw.ImageClassifier,

@@ -180,9 +180,13 @@ class ExportForm(widgets.VBox):
             return message(f"{wrote}\nNot verified: {report.not_verified}.",
                            "success" if report.not_verified.startswith("no images") else "error")
         # Compressed weights may flip a close call: worth a look, not an alarm.
+        v = report.verification
+        checked = (f"Verified against PyTorch: {v.n_images} images · top-1 agreement "
+                   f"{v.top1_agreement:.1%} · largest probability difference "
+                   f"{v.max_abs_diff:.1e} · {_BACKEND_WORDS.get(v.backend, v.backend)}")
         return (message(wrote, "success")
-                + message(f"Verified against PyTorch: {report.verification.summary()}",
-                          "success" if report.agrees else "info"))
+                + f"<div title='verification backend: {v.backend}'>"
+                + message(checked, "success" if report.agrees else "info") + "</div>")
 
     def _verification_images(self) -> list[Any]:
         if self.images is not None:
@@ -190,6 +194,12 @@ class ExportForm(widgets.VBox):
         if self.session is None:
             return []
         return self.session.verification_images(VERIFICATION_IMAGES)
+
+
+# How the exported model was run, in words (the backend's name stays in the tooltip).
+_BACKEND_WORDS = {"coreml": "run by Core ML",
+                  "numpy-reference": "run by a NumPy copy of the model (Core ML itself runs "
+                                     "only on Apple systems)"}
 
 
 def _dataset_name(session: TrainingSession | None) -> str:

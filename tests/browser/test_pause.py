@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from .test_studio import button, open_tab
@@ -19,6 +20,7 @@ NOTEBOOK = [
 TRAINING_MS = 180_000
 
 
+@pytest.mark.timeout(420)  # two runs of 20 iterations; 2 busy cores can take minutes
 def test_pause_inside_an_iteration_then_resume_and_finish(lab, page: Page, console_errors):
     lab.notebook("pause.ipynb", NOTEBOOK)
     lab.open(page, "pause.ipynb")
