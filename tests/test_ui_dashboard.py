@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, TINY
 
 import mlwidgets as mw
-from mlwidgets.ui.charts import MAX_POINTS, TrainingCharts
+from mlwidgets.ui.charts import MAX_POINTS, TrainingCharts, integer_dtick
+from mlwidgets.ui.common import message
 from mlwidgets.ui.dashboard import TrainingDashboard
 
 
@@ -161,3 +162,31 @@ def test_the_train_tab_runs_a_separate_process_and_reports_its_death(tiny_data, 
     assert "The training process stopped" in dashboard.status.value
     assert enabled(dashboard) == {"resume", "more"}
     dashboard.close()
+
+
+def test_an_earlier_runs_error_never_outlives_it_and_disabled_buttons_say_why(trained_copy):
+    dashboard = TrainingDashboard(mw.TrainingSession.restore(trained_copy),
+                                  follow_interval=0.05)
+    assert dashboard.shown_state == "completed"
+    dashboard.status.value = message("Training failed: from an earlier run", "error")
+    dashboard._show_state()  # what every batch of events the follower shows ends with
+    assert dashboard.status.value == ""
+    for name in ("start", "pause", "resume", "stop"):
+        b = dashboard.buttons[name]
+        assert b.disabled and b.tooltip and b.tooltip != b.description, name
+    assert dashboard.form.iterations.disabled and "fixed" in dashboard.form.iterations.tooltip
+    assert dashboard.form.iterations.value == 3  # the session's budget, not the form's
+    dashboard.close()
+
+
+def test_charts_start_empty_with_a_note_then_use_whole_number_steps():
+    charts = TrainingCharts()
+    assert not charts.loss.layout.xaxis.visible and "Press Start" in \
+        charts.loss.layout.annotations[0].text  # no placeholder axes from -1 to 6
+    charts.add_events([{"type": "batch", "step": s, "loss": 1 / s, "phase": "training",
+                        "time": 0.0, "iteration": 1} for s in range(1, 40)])
+    assert charts.loss.layout.xaxis.visible and not charts.loss.layout.annotations
+    assert charts.loss.layout.xaxis.dtick == integer_dtick(39) == 10
+    assert [integer_dtick(n) for n in (1, 6, 13, 240)] == [1, 1, 5, 50]
+    charts.clear()
+    assert not charts.loss.layout.xaxis.visible
