@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/ui.py
 	$(BIN)/python benchmarks/understand.py
 	$(BIN)/python benchmarks/commits.py
+	$(BIN)/python benchmarks/scale.py
 
 lint: install
 	$(BIN)/ruff check mlwidgets tests benchmarks

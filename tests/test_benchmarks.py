@@ -75,3 +75,11 @@ def test_commit_benchmark_prints_blocked_times():
     table, figures = run_benchmark("commits.py", "--architecture", "small_cnn", "--repeats", "1")
     assert "background: snapshot only" in table
     assert {"synchronous_ms", "background_ms", "short_iterations_ms"} <= set(figures)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_prints_runners_side_by_side():
+    table, figures = run_benchmark("scale.py", "--iterations", "1", "--repeats", "1",
+                                   "--image-size", "16", "--images-per-class", "10")
+    assert "process runner, 2 workers" in table and "skipping per-GPU scaling" in table
+    assert {"process_over_thread", "two_workers_speedup"} <= set(figures)
