@@ -114,6 +114,7 @@ def compare_cost(session, pairs: int) -> list[float]:
     for c in session.checkpoints:  # every checkpoint's predictions, cached on disk
         if c.has_model:
             session.predictions(c)
+    session.prediction_cache.flush()
     fresh = mw.TrainingSession.restore(session.directory)
     ids = [c.id for c in fresh.checkpoints if c.has_model]  # the listing loaded
     fresh.prediction_cache  # noqa: B018  (opened once, as a panel does)
@@ -168,7 +169,7 @@ def main() -> None:
     ap.add_argument("--images-per-class", type=int, default=50, help="for 1. and 2.")
     ap.add_argument("--image-size", type=int, default=64, help="for 1. and 2.")
     ap.add_argument("--scan-image-size", type=int, default=96)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=8)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-understand-bench-"))

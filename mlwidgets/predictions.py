@@ -22,10 +22,12 @@ folder of a checkpoint is removed when retention or `remove_checkpoints` deletes
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,7 @@ class PredictionCache:
         self._memory: dict[tuple[str, str], np.ndarray] = {}  # (id, model sha) -> probs
         self._features: Any = None  # the session's extracted features, once loaded
         self.last_source = ""  # "memory", "cache", "features" or "images"
+        self._pending: list[Future] = []
 
     def probabilities(self, checkpoint: Checkpoint) -> np.ndarray:
         """(validation images, classes) probabilities under `checkpoint`."""
@@ -80,15 +83,21 @@ class PredictionCache:
         found = self._read(checkpoint)
         if found is None:
             found, source = self._compute(checkpoint)
-            try:
-                self._write(checkpoint, found, source)
-            except (MlwidgetsError, OSError) as e:  # a link or a read-only session: kept
-                log.warning("predictions of %s are not cached: %s", checkpoint.id, e)
+            # Written by a background thread: a head over cached features takes well under
+            # a millisecond, creating two files takes more. `flush()` waits for it.
+            self._pending.append(_writer().submit(self._write_or_warn, checkpoint, found,
+                                                  source))
             self.last_source = source
         else:
             self.last_source = "cache"
         self._memory[key] = found
         return found
+
+    def flush(self) -> None:
+        """Wait until every computed entry is written (or was refused, with a warning)."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
 
     def prune(self, keep: Sequence[str]) -> list[str]:
         """Remove the entries of checkpoints not in `keep`; returns their ids."""
@@ -134,6 +143,13 @@ class PredictionCache:
         except (MlwidgetsError, OSError, ValueError):
             return None
 
+    def _write_or_warn(self, checkpoint: Checkpoint, probabilities: np.ndarray,
+                       source: str) -> None:
+        try:
+            self._write(checkpoint, probabilities, source)
+        except (MlwidgetsError, OSError) as e:  # a link or a read-only session: kept in memory
+            log.warning("predictions of %s are not cached: %s", checkpoint.id, e)
+
     def _write(self, checkpoint: Checkpoint, probabilities: np.ndarray, source: str) -> None:
         from safetensors.numpy import save
 
@@ -174,6 +190,12 @@ class PredictionCache:
         if len(found.tensors["valid_x"]) != len(self.items):
             return None
         return found
+
+
+@functools.cache
+def _writer() -> ThreadPoolExecutor:
+    """The one thread that writes cached predictions, in order."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlwidgets-predictions")
 
 
 def head_probabilities(checkpoint: Checkpoint, valid_x: torch.Tensor) -> np.ndarray:

@@ -79,6 +79,7 @@ def test_checkpoints_are_named_by_id_index_best_and_latest(session):
 def test_predictions_are_computed_once_and_cached_in_the_session(session):
     first = session.predictions(-1)
     assert session.prediction_cache.last_source == "images"
+    session.prediction_cache.flush()  # written by a background thread
     np.testing.assert_allclose(first, expected_predictions(session, -1), atol=1e-6)
     folder = session.directory / PREDICTIONS_DIR / session.checkpoints[-1].id
     assert sorted(p.name for p in folder.iterdir()) == ["predictions.json",
@@ -93,6 +94,7 @@ def test_predictions_are_computed_once_and_cached_in_the_session(session):
 
 def test_a_damaged_or_stale_cache_is_recomputed_never_used(session):
     good = session.predictions(-1)
+    session.prediction_cache.flush()
     folder = session.directory / PREDICTIONS_DIR / session.checkpoints[-1].id
     tensor = folder / "probabilities.safetensors"
     data = bytearray(tensor.read_bytes())
@@ -101,6 +103,7 @@ def test_a_damaged_or_stale_cache_is_recomputed_never_used(session):
     fresh = mw.TrainingSession.restore(session.directory)
     np.testing.assert_allclose(fresh.predictions(-1), good, atol=1e-6)
     assert fresh.prediction_cache.last_source == "images"
+    fresh.prediction_cache.flush()
     record = folder / "predictions.json"
     text = record.read_text()  # rewritten by the recomputation: now change one of its bytes
     record.write_text(text.replace('"images"', '"imagez"', 1))
@@ -119,6 +122,7 @@ def test_a_predictions_folder_that_links_elsewhere_is_never_written(session, tmp
     os.symlink(elsewhere, session.directory / PREDICTIONS_DIR)
     np.testing.assert_allclose(session.predictions(-1), expected_predictions(session, -1),
                                atol=1e-6)  # computed, kept in memory, not written
+    session.prediction_cache.flush()
     assert list(elsewhere.iterdir()) == []
     session.remove_checkpoints([session.checkpoints[0].id])  # nothing followed out either
     assert list(elsewhere.iterdir()) == []
@@ -127,6 +131,7 @@ def test_a_predictions_folder_that_links_elsewhere_is_never_written(session, tmp
 def test_removing_a_checkpoint_removes_its_cached_predictions(session):
     for which in range(len(session.checkpoints)):
         session.predictions(which)
+    session.prediction_cache.flush()
     doomed = session.checkpoints[0].id
     session.remove_checkpoints([doomed])
     left = sorted(p.name for p in (session.directory / PREDICTIONS_DIR).iterdir())
@@ -139,6 +144,7 @@ def test_removing_a_checkpoint_removes_its_cached_predictions(session):
 
 def test_orphaned_predictions_are_swept_when_the_cache_is_opened(session):
     session.predictions(-1)
+    session.prediction_cache.flush()
     orphan = session.directory / PREDICTIONS_DIR / "000099-training"
     shutil.copytree(orphan.parent / session.checkpoints[-1].id, orphan)
     fresh = mw.TrainingSession.restore(session.directory)
