@@ -48,7 +48,7 @@ def test_drill_down_compare_relabel_and_restart(lab, page: Page, console_errors,
     expect(checkpoints.get_by_text("Fixed (wrong before, right now)")).to_be_visible()
     screenshot(checkpoints.locator(".mlwidgets-insight"), "compare")
     click_confusion_cell(checkpoints, 0, 0, 3)
-    expect(checkpoints.get_by_text(re.compile(r"true circle, predicted circle"))).to_be_visible()
+    expect(checkpoints.get_by_text("true circle, predicted circle", exact=True)).to_be_visible()
     checkpoints.locator(".mlwidgets-cell").get_by_role(
         "button", name=re.compile("where it looks")).first.click()
     expect(checkpoints.get_by_text(re.compile(r"Grad-CAM for \w+ \(p="))).to_be_visible()
