@@ -17,17 +17,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import median, print_figures, print_table  # noqa: E402
-
 import torch  # noqa: E402
+from common import median, print_figures, print_table  # noqa: E402
 from fastai.optimizer import Adam  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
 from mlwidgets.checkpoints import CheckpointStore  # noqa: E402
-from mlwidgets.commits import BackgroundCommits  # noqa: E402
+from mlwidgets.commits import BackgroundCommits, optimizer_snapshot_of, snapshot_of  # noqa: E402
 from mlwidgets.malloc import tune_for_training  # noqa: E402
 from mlwidgets.models import build_model, model_record  # noqa: E402
-from mlwidgets.trainer import copied, copied_optimizer_state  # noqa: E402
 
 
 def model_and_optimizer(architecture: str) -> tuple[torch.nn.Module, object]:
@@ -42,9 +40,9 @@ def model_and_optimizer(architecture: str) -> tuple[torch.nn.Module, object]:
 
 def snapshot(store, model, opt, params, step):
     return dict(phase="training", iteration=step, step_number=step, metrics={},
-                model_state=copied(model.state_dict()),
+                model_state=snapshot_of(model.state_dict()),
                 model=model_record(params, [str(i) for i in range(10)]),
-                optimizer_state=copied_optimizer_state(opt.state_dict()))
+                optimizer_state=optimizer_snapshot_of(opt.state_dict()))
 
 
 def main() -> None:

@@ -63,7 +63,11 @@ class ResumeInsideIteration(Callback):
         for _ in range(p.batch):
             self.learn.pct_train += step
         if p.order is not None:
-            distributed.inner_loader(self.dls.train).resume_at = (p.order, p.batch)
+            loader = distributed.inner_loader(self.dls.train)
+            if sorted(p.order) != list(range(loader.n)):  # the record names another data set
+                raise ValueError(f"the paused iteration's data order does not fit the "
+                                 f"{loader.n} training items; resume from another checkpoint")
+            loader.resume_at = (p.order, p.batch)
         self.pending_rng = True
 
     def before_batch(self) -> None:

@@ -48,3 +48,17 @@ class BackgroundCommits:
             commit()
         except BaseException as e:  # re-raised by the next submit() or wait()
             self._error = e
+
+
+def snapshot_of(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of tensors that training goes on changing in place."""
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def optimizer_snapshot_of(state: dict[str, Any]) -> dict[str, Any]:
+    """fastai's optimizer state, its tensors copied (the optimizer updates them in place)."""
+    import torch
+
+    return {"state": [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+                       for k, v in s.items()} for s in state["state"]],
+            "hypers": [dict(h) for h in state["hypers"]]}

@@ -90,6 +90,15 @@ class PausePoint:
         return record, tensors
 
     @classmethod
+    def of(cls, checkpoint: Any) -> PausePoint | None:
+        """The pause point a partial checkpoint records (None for a whole one)."""
+        from .checkpoints import RESUME_FILE
+
+        if checkpoint.resume is None or RESUME_FILE not in checkpoint.files:
+            return None
+        return cls.from_record(checkpoint.resume, checkpoint.load_tensors(RESUME_FILE))
+
+    @classmethod
     def from_record(cls, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> PausePoint:
         if record.get("version") != RECORD_VERSION:
             raise ValueError(f"unknown resume record version {record.get('version')!r}")

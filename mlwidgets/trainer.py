@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import distributed
+from . import distributed, learners
 from . import features as feats
 from .batch_losses import BatchLosses
 from .callbacks import (
@@ -34,15 +34,13 @@ from .callbacks import (
     measure,
     metrics_of,
 )
-from .checkpoints import BODY_FILE, RESUME_FILE
-from .commits import BackgroundCommits
+from .checkpoints import BODY_FILE
+from .commits import BackgroundCommits, optimizer_snapshot_of, snapshot_of
 from .events import EventType, Progress, RunState
-from .loaders import make_dataloaders
 from .models import build_model, model_record, split_features_and_classifier
 from .resume import PausePoint, RngStates, iteration_seed, seed_everything
 
 if TYPE_CHECKING:
-    from .checkpoints import Checkpoint
     from .record import SessionRecord
 
 BATCH_EVENT_INTERVAL = 0.1  # seconds between streamed batch events, so observers keep up
@@ -68,7 +66,7 @@ class TrainingRun:
         self.committed_step = self.step if latest else -1
         self.metrics: dict[str, float | None] = dict(latest.metrics) if latest else {}
         self.confusion: list[list[int]] | None = latest.confusion if latest else None
-        self.pause_point = _pause_point(latest) if latest is not None and latest.partial else None
+        self.pause_point = PausePoint.of(latest) if latest is not None and latest.partial else None
         self.batches_in_iteration = 0
         self.batch_losses = BatchLosses.load(record.directory)  # the chart's batch line, kept
         self.batch_losses.truncate(self.step)  # what comes after is trained again
@@ -193,80 +191,24 @@ class TrainingRun:
         elif distributed.agree(self.stop_reason == "pause"):
             self.commit_checkpoint(pause=True)
 
-    def _network(self, frozen: dict[str, Any] | None = None) -> Any:
-        """The whole network: `frozen` weights (if given), then the latest checkpoint's."""
-        r = self.record
-        latest = r.latest_checkpoint
-        trained = latest is not None and latest.has_model
-        seed_everything(iteration_seed(r.parameters.seed, self.phase, -1))
-        model = build_model(r.parameters, len(r.classes),
-                            with_weights=not trained and frozen is None)
-        if frozen is not None:
-            model.load_state_dict(frozen, strict=False)
-        if trained:
-            model.load_state_dict(latest.load_model_state())
-        return model
-
-    def _learner(self, model: Any, dls: Any, cbs: list[Any]) -> Any:
-        import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
-        import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
-        import torch
-        from fastai.learner import Learner
-        from fastai.optimizer import Adam
-
-        interval = self.record.session_parameters.checkpoint_interval
-        cbs += [RelayMetrics(self), CheckpointEvery(self, interval), StopOnRequest(self)]
-        splitter = _body_and_head if hasattr(model, "body") else _all_together
-        learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
-                        cbs=cbs, splitter=splitter)
-        learn.create_opt()
-        if self.phase == "fine_tuning":
-            learn.unfreeze()  # before loading the optimizer state: unfreezing clears it
-        latest = self.record.latest_checkpoint
-        # An optimizer's state belongs to its phase: a new phase starts afresh.
-        if latest is not None and latest.phase == self.phase:
-            optimizer_state = latest.load_optimizer_state()
-            if optimizer_state is not None:
-                learn.opt.load_state_dict(optimizer_state)
-        return learn
-
     def _image_learner(self) -> Any:
-        from fastai.torch_core import default_device
-
-        r, p = self.record, self.record.parameters
-        self.model, self._frozen = self._network(), None
-        train, valid = r.split
-        # Decoded once into RAM when it fits (see image_cache.py); progress streams meanwhile.
-        dls = make_dataloaders(train, valid, r.classes, p.image_size, p.batch_size,
-                               device=default_device(),
-                               cache_mb=r.session_parameters.image_cache_mb,
-                               progress=self._decoding_progress)
-        return self._learner(self.model, dls, [AugmentBatch(p.augmentation)])
+        self.model, self._frozen = learners.network(self.record, self.phase), None
+        dls = learners.image_dataloaders(self.record, self._decoding_progress)
+        augment = AugmentBatch(self.record.parameters.augmentation)
+        return learners.learner(self.record, self.phase, self.model, dls,
+                                [augment, *self._sink_callbacks()])
 
     def _feature_learner(self) -> Any:
-        from fastai.data.core import DataLoaders
-        from torch.utils.data import TensorDataset
-
-        from .image_cache import SeededDataLoader
-
-        r, p = self.record, self.record.parameters
-        cached = feats.find(r.directory / feats.FEATURES_DIR, r.feature_key())
-        if cached is None:
-            raise RuntimeError(f"the extracted features of {r.directory} are missing; "
-                               "start again from a new session or reuse another's features")
-        frozen = cached_body(cached)
-        self.model = self._network(frozen=frozen)
-        self._frozen, self._frozen_keys = cached.body_file, set(frozen)
+        dls, frozen, body_file = learners.feature_dataloaders(self.record)
+        self.model = learners.network(self.record, self.phase, frozen=frozen)
+        self._frozen, self._frozen_keys = body_file, set(frozen)
         _, classifier = split_features_and_classifier(self.model)
-        t = cached.tensors
-        train = TensorDataset(t["train_x"], t["train_y"])
-        bs = min(p.batch_size, len(train))
-        # Seeded loaders: fastai's own draws its generator from Python's global RNG when made.
-        dls = DataLoaders(
-            SeededDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
-            SeededDataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2),
-            device="cpu")
-        return self._learner(classifier, dls, [])
+        return learners.learner(self.record, self.phase, classifier, dls,
+                                self._sink_callbacks())
+
+    def _sink_callbacks(self) -> list[Any]:
+        interval = self.record.session_parameters.checkpoint_interval
+        return [RelayMetrics(self), CheckpointEvery(self, interval), StopOnRequest(self)]
 
     def _extract_features(self) -> None:
         r, p = self.record, self.record.parameters
@@ -383,9 +325,9 @@ class TrainingRun:
                 metrics, confusion = metrics_of(relay.train_totals, valid), valid.confusion()
         snapshot = dict(
             phase=self.phase, iteration=self.completed_iterations, step_number=self.step,
-            metrics=metrics, model_state=copied(state),
+            metrics=metrics, model_state=snapshot_of(state),
             model=model_record(r.parameters, r.classes),
-            optimizer_state=copied_optimizer_state(self.learn.opt.state_dict()),
+            optimizer_state=optimizer_snapshot_of(self.learn.opt.state_dict()),
             linked_files=linked, confusion=confusion, partial=pause, resume=resume,
             resume_tensors=resume_tensors)
         event = self._report(EventType.CHECKPOINT)
@@ -424,37 +366,3 @@ class TrainingRun:
         return {"type": kind.value, "phase": self.phase, "iteration": self.completed_iterations,
                 "total_iterations": self.total_iterations, "step": self.step,
                 "elapsed": round(self.elapsed, 3), "metrics": dict(self.metrics)}
-
-
-def _pause_point(checkpoint: Checkpoint) -> PausePoint | None:
-    if checkpoint.resume is None or RESUME_FILE not in checkpoint.files:
-        return None
-    return PausePoint.from_record(checkpoint.resume, checkpoint.load_tensors(RESUME_FILE))
-
-
-def cached_body(cached: feats.ExtractedFeatures) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    return load_file(str(cached.body_file[0]))
-
-
-def _body_and_head(model: Any) -> list[list[Any]]:
-    return [list(model.body.parameters()), list(model.head.parameters())]
-
-
-def _all_together(model: Any) -> list[list[Any]]:
-    return [list(model.parameters())]
-
-
-def copied(state: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot of tensors that training goes on changing in place."""
-    return {k: v.detach().clone() for k, v in state.items()}
-
-
-def copied_optimizer_state(state: dict[str, Any]) -> dict[str, Any]:
-    """fastai's optimizer state, its tensors copied (the optimizer updates them in place)."""
-    import torch
-
-    return {"state": [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v
-                       for k, v in s.items()} for s in state["state"]],
-            "hypers": [dict(h) for h in state["hypers"]]}

@@ -1,0 +1,102 @@
+"""The networks, loaders and fastai Learners a training run trains, phase by phase.
+
+Each phase continues from the session's latest checkpoint: its weights always, its
+optimizer state when it belongs to the same phase. Everything that reads checkpoints
+checks them against the network first (names and shapes, parameter counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import features as feats
+from .loaders import make_dataloaders
+from .models import build_model
+from .resume import iteration_seed, seed_everything
+
+if TYPE_CHECKING:
+    from .record import SessionRecord
+
+
+def network(record: SessionRecord, phase: str, frozen: dict[str, Any] | None = None) -> Any:
+    """The whole network: `frozen` weights (if given), then the latest checkpoint's."""
+    latest = record.latest_checkpoint
+    trained = latest is not None and latest.has_model
+    seed_everything(iteration_seed(record.parameters.seed, phase, -1))  # a seeded init
+    model = build_model(record.parameters, len(record.classes),
+                        with_weights=not trained and frozen is None)
+    if frozen is not None:
+        model.load_state_dict(frozen, strict=False)
+    if trained:
+        model.load_state_dict(latest.load_model_state(expected=model.state_dict()))
+    return model
+
+
+def learner(record: SessionRecord, phase: str, model: Any, dls: Any, cbs: list[Any]) -> Any:
+    """A fastai Learner (Adam, cross-entropy) with the phase's optimizer state, if any."""
+    import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
+    import torch
+    from fastai.learner import Learner
+    from fastai.optimizer import Adam
+
+    splitter = _body_and_head if hasattr(model, "body") else _all_together
+    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
+                    cbs=cbs, splitter=splitter)
+    learn.create_opt()
+    if phase == "fine_tuning":
+        learn.unfreeze()  # before loading the optimizer state: unfreezing clears it
+    latest = record.latest_checkpoint
+    # An optimizer's state belongs to its phase: a new phase starts afresh.
+    if latest is not None and latest.phase == phase:
+        n_params = sum(len(group) for group in learn.opt.param_lists)
+        optimizer_state = latest.load_optimizer_state(n_params=n_params)
+        if optimizer_state is not None:
+            learn.opt.load_state_dict(optimizer_state)
+    return learn
+
+
+def image_dataloaders(record: SessionRecord, progress: Callable[[int, int], None]) -> Any:
+    """Loaders over the session's images: decoded once into RAM when they fit (see
+    image_cache.py), `progress(done, total)` meanwhile."""
+    from fastai.torch_core import default_device
+
+    p = record.parameters
+    train, valid = record.split
+    return make_dataloaders(train, valid, record.classes, p.image_size, p.batch_size,
+                            device=default_device(),
+                            cache_mb=record.session_parameters.image_cache_mb,
+                            progress=progress)
+
+
+def feature_dataloaders(record: SessionRecord) -> tuple[Any, dict[str, Any], Any]:
+    """(loaders over the cached features, the frozen body's weights, its file record)."""
+    from fastai.data.core import DataLoaders
+    from safetensors.torch import load_file
+    from torch.utils.data import TensorDataset
+
+    from .image_cache import SeededDataLoader
+
+    cached = feats.find(record.directory / feats.FEATURES_DIR, record.feature_key())
+    if cached is None:
+        raise RuntimeError(f"the extracted features of {record.directory} are missing; "
+                           "start again from a new session or reuse another's features")
+    frozen = load_file(str(cached.body_file[0]))  # verified when the cache was found
+    t = cached.tensors
+    train = TensorDataset(t["train_x"], t["train_y"])
+    bs = min(record.parameters.batch_size, len(train))
+    # Seeded loaders: fastai's own draws its generator from Python's global RNG when made.
+    dls = DataLoaders(
+        SeededDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
+        SeededDataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2),
+        device="cpu")
+    return dls, frozen, cached.body_file
+
+
+def _body_and_head(model: Any) -> list[list[Any]]:
+    return [list(model.body.parameters()), list(model.head.parameters())]
+
+
+def _all_together(model: Any) -> list[list[Any]]:
+    return [list(model.parameters())]
