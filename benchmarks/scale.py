@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_figures, print_table  # noqa: E402
-
 import torch  # noqa: E402
+from common import print_figures, print_table  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
 from mlwidgets.demo import demo_data  # noqa: E402
