@@ -24,12 +24,15 @@ _GREY = "rgba(128, 128, 128, 0.9)"
 _GRID = "rgba(128, 128, 128, 0.25)"
 COLOURS = {"train": "#1f77b4", "valid": "#ff7f0e", "checkpoint": "#2ca02c", "best": "#d62728"}
 CHART_CLASS = "mlwidgets-chart"
+CHOICE_CLASS = "mlwidgets-choice"  # toggle buttons whose chosen button must stand out
 # Plotly writes text colours as inline styles; `!important` lets the theme's variables win, so
 # titles, ticks and legends read at >= 4.5:1 on JupyterLab's light and dark themes and Voila.
 THEME_CSS = f"""<style>
 .{CHART_CLASS} .main-svg text {{ fill: var(--jp-ui-font-color1, #1f1f1f) !important; }}
 .{CHART_CLASS} .heatmaplayer text {{ fill: var(--jp-ui-font-color0, #000) !important; }}
 .{CHART_CLASS} {{ width: 100%; }}
+.{CHOICE_CLASS} .widget-toggle-button.mod-active {{
+  background: var(--jp-brand-color0, #1976d2); color: #fff; font-weight: bold; }}
 </style>"""
 # The confusion matrix's one hue, from transparent to opaque: every tile is this blue over the
 # page's own background, and its luminance (0.179) gives the theme's darkest or lightest text

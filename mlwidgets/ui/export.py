@@ -16,7 +16,7 @@ import ipywidgets as widgets
 from ..coreml.archive import download_archive_path, zip_for_download
 from ..coreml.export import PRECISIONS, QUANTIZATIONS, size_of
 from ..coreml.report import ExportReport, human_size
-from .common import button, message, reports_errors
+from .common import CHOICE_CLASS, button, message, reports_errors, theme_style
 from .filelink import FileLink
 
 if TYPE_CHECKING:
@@ -69,9 +69,10 @@ class ExportForm(widgets.VBox):
         self.version = widgets.Text("1.0", description="Version", style=style)
         self.compression = widgets.Dropdown(options=COMPRESSIONS, description="Compression",
                                             style=style)
-        # Radio buttons: the chosen precision is plain to see (a toggle's was not).
-        self.precision = widgets.RadioButtons(options=PRECISIONS, description="Precision",
-                                              style=style, tooltip="float16 halves the file")
+        self.precision = widgets.ToggleButtons(options=PRECISIONS, description="Precision",
+                                               style={**style, "button_width": "80px"},
+                                               tooltips=["full size", "half the size"])
+        self.precision.add_class(CHOICE_CLASS)  # the chosen one stands out (THEME_CSS)
         self.export_button = button("Export to Core ML", self.export, icon="download",
                                     style="primary",
                                     tooltip="write, verify and link a Core ML model")
@@ -80,7 +81,7 @@ class ExportForm(widgets.VBox):
         self.download = widgets.Box(layout=widgets.Layout(margin="0 0 0 12px"))
         super().__init__([
             self.file_name, widgets.HBox([self.author, self.license]), self.short_description,
-            widgets.HBox([self.version, self.compression]), self.precision,
+            widgets.HBox([self.version, self.compression]), self.precision, theme_style(),
             widgets.HBox([self.export_button, self.download],
                          layout=widgets.Layout(align_items="center")),
             self.status,

@@ -162,6 +162,8 @@ def test_quickstart_run_all_pause_at_once_restart_and_dark_theme(lab, page: Page
     evaluate_heatmap_reads(studio, page)
     screenshot(studio, "train-dark")
     print(f"worst chart text contrast: light {worst_light:.2f}, dark {worst_dark:.2f}")
+    # Train more in the reopened Studio: the charts follow (no "Error setting state").
+    train_more_updates_the_charts(studio, RUN_ALL_BUDGET["MLWIDGETS_TUTORIAL_ITERATIONS"])
     assert console_errors == []
 
 
@@ -189,9 +191,9 @@ def voila_app(voila_server, tmp_path: Path, name: str, page: Page,
     return studio
 
 
-def train_more_updates_the_charts(studio: Locator) -> None:
+def train_more_updates_the_charts(studio: Locator, iterations: int) -> None:
+    """From a finished run of `iterations`: Train more by 2, and every line grows."""
     train = open_tab(studio, "Train")
-    iterations = VOILA_BUDGET["MLWIDGETS_TUTORIAL_ITERATIONS"]
     expect(train.get_by_text(re.compile(
         rf"^completed · done · iteration {iterations}/{iterations}"))).to_be_visible(
         timeout=TRAINING_MS)
@@ -215,7 +217,7 @@ def train_more_updates_the_charts(studio: Locator) -> None:
 def test_quickstart_in_voila_renders_in_a_minute_and_train_more_redraws(
         voila_server, tmp_path, page: Page, console_errors, monkeypatch, screenshot):
     studio = voila_app(voila_server, tmp_path, "01-quickstart.ipynb", page, monkeypatch)
-    train_more_updates_the_charts(studio)
+    train_more_updates_the_charts(studio, VOILA_BUDGET["MLWIDGETS_TUTORIAL_ITERATIONS"])
     assert_charts_look_finished(open_tab(studio, "Train"))
     screenshot(page, "voila-quickstart")
     assert console_errors == []
@@ -225,7 +227,7 @@ def test_quickstart_in_voila_renders_in_a_minute_and_train_more_redraws(
 def test_own_images_in_voila_renders_in_a_minute_and_train_more_redraws(
         voila_server, tmp_path, page: Page, console_errors, monkeypatch):
     studio = voila_app(voila_server, tmp_path, "04-your-own-images.ipynb", page, monkeypatch)
-    train_more_updates_the_charts(studio)
+    train_more_updates_the_charts(studio, VOILA_BUDGET["MLWIDGETS_TUTORIAL_ITERATIONS"])
     assert console_errors == []
 
 
