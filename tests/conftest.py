@@ -45,6 +45,22 @@ def trained_dir(tiny_data: mw.DataSource, tmp_path_factory: pytest.TempPathFacto
     return directory
 
 
+@pytest.fixture(scope="session")
+def backbone(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Weights a user would bring: a small_cnn body saved as safetensors (transfer learning
+    without a download)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mlwidgets.models import small_cnn
+
+    torch.manual_seed(3)
+    body, _ = small_cnn()
+    path = tmp_path_factory.mktemp("weights") / "backbone.safetensors"
+    save_file(body.state_dict(), str(path))
+    return str(path)
+
+
 @pytest.fixture
 def trained_copy(trained_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the trained session, for tests that change it."""

@@ -11,11 +11,9 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import mlwidgets as mw
 from mlwidgets import features
-from mlwidgets.models import small_cnn
 
 pytestmark = pytest.mark.slow
 PARAMETERS = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn",
@@ -23,14 +21,11 @@ PARAMETERS = mw.ModelParameters(algorithm="from_scratch", architecture="small_cn
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, backbone):
     root = tmp_path_factory.mktemp("dp")
     mw.datasets.shapes(root / "shapes", images_per_class=40, image_size=32,
                        classes=("circle", "square", "triangle"))
-    torch.manual_seed(5)
-    body, _ = small_cnn()
-    save_file(body.state_dict(), str(root / "backbone.safetensors"))
-    return mw.DataSource.labeled_directories(root / "shapes"), str(root / "backbone.safetensors")
+    return mw.DataSource.labeled_directories(root / "shapes"), backbone
 
 
 def train(data, params, directory, processes):

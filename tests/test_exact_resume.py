@@ -13,26 +13,14 @@ import sys
 import textwrap
 
 import pytest
-import torch
 from conftest import ROOT
-from safetensors.torch import save_file
 
 import mlwidgets as mw
-from mlwidgets.models import small_cnn
 
 SCRATCH = mw.ModelParameters(
     algorithm="from_scratch", architecture="small_cnn", image_size=16, batch_size=8,
     max_iterations=3, learning_rate=1e-2, augmentation=mw.Augmentation(flip=True, rotation=10.0))
 TOLERANCE = 1e-6
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    torch.manual_seed(5)
-    body, _ = small_cnn()
-    path = tmp_path_factory.mktemp("weights") / "backbone.safetensors"
-    save_file(body.state_dict(), str(path))
-    return str(path)
 
 
 def train(data, params, directory, pauses=()):

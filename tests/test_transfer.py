@@ -5,23 +5,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY
-from safetensors.torch import save_file
 
 import mlwidgets as mw
 from mlwidgets import features
 from mlwidgets.checkpoints import CheckpointError
 from mlwidgets.coreml import verify
-from mlwidgets.models import build_model, small_cnn
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory):
-    """Weights a user would bring: a small_cnn body saved as safetensors."""
-    torch.manual_seed(3)
-    body, _ = small_cnn()
-    path = tmp_path_factory.mktemp("weights") / "backbone.safetensors"
-    save_file(body.state_dict(), str(path))
-    return str(path)
+from mlwidgets.models import build_model
 
 
 def transfer(backbone, **changes):
