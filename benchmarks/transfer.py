@@ -127,7 +127,8 @@ def extraction(session: mw.TrainingSession, repeats: int) -> dict[str, float]:
 def demo_peak_rss(images_per_class: int, image_size: int | None) -> dict[str, float]:
     """`mlwidgets demo` in a child process: its wall time and peak resident memory, as the
     demo prints it (its work) and as the OS reports it at exit (torch's CUDA builds touch
-    ~190 MB more of their libraries while the interpreter shuts down)."""
+    ~190 MB more of their libraries while the interpreter shuts down). Run it first: the
+    OS figure starts from this process's own peak (kept across fork and exec)."""
     work = Path(tempfile.mkdtemp(prefix="mlwidgets-demo-rss-"))
     command = [sys.executable, "-m", "mlwidgets", "demo", "--session", str(work / "demo"),
                "--images-per-class", str(images_per_class)]
@@ -178,6 +179,7 @@ def main() -> None:
         in_thread(lambda: box.setdefault("accuracy", run()))()
         results[name] = (time.perf_counter() - started, box["accuracy"])
 
+    rss = demo_peak_rss(args.demo_images_per_class, args.demo_image_size)
     try:
         timed("1. fastai frozen body", lambda: fastai_way(reference, args.iterations))
         timed("2. mlwidgets two-phase", lambda: ours(work / "ours", data, params))
@@ -199,7 +201,6 @@ def main() -> None:
     print(f"\nfeature extraction of {n_train} images: ours {throughput['ours_s']:.2f} s "
           f"({throughput['images_per_s']} images/s), a bare channels-last forward pass "
           f"{throughput['bare_s']:.2f} s = {throughput['ratio']:.2f}   target <= 1.1")
-    rss = demo_peak_rss(args.demo_images_per_class, args.demo_image_size)
     print(f"\nmlwidgets demo ({args.demo_images_per_class} shapes a class): {rss['wall_s']} s, "
           f"peak RSS {rss['peak_rss_mb']} MB   target < 1500 ({rss['peak_rss_at_exit_mb']} MB "
           f"with the interpreter's exit; {rss['training']})")

@@ -40,7 +40,17 @@ def demo_data(dataset: str, images_per_class: int | None = None) -> DataSource:
 
 
 def peak_memory_mb() -> float | None:
-    """This process's peak resident memory so far (Binder allows about 2 GB), if known."""
+    """This process's peak resident memory so far (Binder allows about 2 GB), if known.
+
+    Linux's VmHWM, not getrusage: that one starts from the parent's peak when a large
+    process starts the demo (it is kept across fork and exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass  # not Linux
     try:
         import resource
     except ImportError:  # Windows
