@@ -69,10 +69,13 @@ class ExportForm(widgets.VBox):
         self.version = widgets.Text("1.0", description="Version", style=style)
         self.compression = widgets.Dropdown(options=COMPRESSIONS, description="Compression",
                                             style=style)
-        self.precision = widgets.ToggleButtons(options=PRECISIONS, description="Precision",
-                                               style={**style, "button_width": "80px"},
+        self.precision = widgets.ToggleButtons(options=PRECISIONS,
+                                               style={"button_width": "80px"},
                                                tooltips=["full size", "half the size"])
         self.precision.add_class(CHOICE_CLASS)  # the chosen one stands out (THEME_CSS)
+        # A toggle's own description sits above its buttons: a label in the fields' column.
+        precision_label = widgets.Label("Precision", layout=widgets.Layout(
+            width="90px", margin="0 4px 0 0", display="flex", justify_content="flex-end"))
         self.export_button = button("Export to Core ML", self.export, icon="download",
                                     style="primary",
                                     tooltip="write, verify and link a Core ML model")
@@ -81,7 +84,8 @@ class ExportForm(widgets.VBox):
         self.download = widgets.Box(layout=widgets.Layout(margin="0 0 0 12px"))
         super().__init__([
             self.file_name, widgets.HBox([self.author, self.license]), self.short_description,
-            widgets.HBox([self.version, self.compression]), self.precision, theme_style(),
+            widgets.HBox([self.version, self.compression]),
+            widgets.HBox([precision_label, self.precision]), theme_style(),
             widgets.HBox([self.export_button, self.download],
                          layout=widgets.Layout(align_items="center")),
             self.status,
