@@ -34,6 +34,7 @@ from pydantic import (
 from typing_extensions import NotRequired, TypedDict
 
 from .errors import MlwidgetsError, SessionError, SessionNotFoundError
+from .events import RunState
 from .jsonfiles import (  # noqa: F401  (encode_record too: formats are looked up here)
     DIGEST_KEY,
     MAX_DEPTH,
@@ -71,8 +72,9 @@ MiB; an events.jsonl line <= {MAX_EVENT_LINE_BYTES >> 20} MiB; a tensor file <=
 """
 
 PHASES = ("initialized", "extracting_features", "training", "fine_tuning", "evaluating", "done")
-STATES = ("initialized", "running", "paused", "completed", "cancelled", "failed",
-          "interrupted")
+# Every RunState, "pausing" included (a stored state; "interrupted" is only ever computed,
+# but older versions did not say so).
+STATES = tuple(state.value for state in RunState)
 CHECKPOINT_FORMAT = "mlwidgets.checkpoint/1"
 SESSION_FORMAT = "mlwidgets.session/1"
 # A file name inside a checkpoint: one plain component, never hidden, never a path.

@@ -155,3 +155,20 @@ def test_pause_and_stop_reach_a_trainer_through_the_control_file(tiny_data, tmp_
     assert session.state is RunState.PAUSED and session.latest_checkpoint.partial
     assert seen == ["running", "pausing", "paused"]
     assert not (tmp_path / "s" / "control.json").exists()
+
+
+def test_a_session_read_while_pausing_keeps_every_state_event(tiny_data, tmp_path):
+    """What a viewer in another process reads mid-pause: session.json says "pausing"."""
+    session = mw.TrainingSession.create(tiny_data, TINY, tmp_path / "s")
+    seen_pausing = []
+
+    def read_it_elsewhere(event):
+        if event["type"] == "state" and event["state"] == "pausing":
+            elsewhere = mw.TrainingSession.restore(tmp_path / "s")
+            seen_pausing.append((elsewhere.state, [e["state"] for e in elsewhere.events
+                                                   if e["type"] == "state"]))
+
+    session.on_event(read_it_elsewhere)
+    session.start()
+    session.pause(at_step=2, timeout=300)
+    assert seen_pausing == [(RunState.PAUSING, ["running", "pausing"])]
