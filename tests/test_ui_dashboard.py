@@ -190,3 +190,12 @@ def test_charts_start_empty_with_a_note_then_use_whole_number_steps():
     assert [integer_dtick(n) for n in (1, 6, 13, 240)] == [1, 1, 5, 50]
     charts.clear()
     assert not charts.loss.layout.xaxis.visible
+
+
+def test_start_on_a_used_session_dir_names_the_widget_level_fix(tiny_data, trained_copy):
+    dashboard = TrainingDashboard(tiny_data, TINY.replace(max_iterations=5),
+                                  session_dir=trained_copy)
+    with pytest.raises(FileExistsError, match=r"mw\.Studio\("):
+        dashboard.start()
+    assert "mw.Studio(" in dashboard.status.value and dashboard.session is None
+    dashboard.close()

@@ -86,8 +86,12 @@ class TrainingDashboard(widgets.VBox):
     def start(self) -> None:
         """Make the session from the form's parameters (first time) and start training."""
         if self.session is None:
-            self.session = TrainingSession.create(self.data, self.form.parameters,
-                                                  self.session_dir)
+            try:
+                self.session = TrainingSession.create(self.data, self.form.parameters,
+                                                      self.session_dir)
+            except FileExistsError as e:  # name the fix in the widgets' own terms
+                raise FileExistsError(f"{e}. In the widgets, mw.Studio({str(self.session_dir)!r})"
+                                      " reopens that session as it is") from e
             self._attach()
             self._session_listeners.dispatch(self.session)
         self.session.start(self.runner.value)
