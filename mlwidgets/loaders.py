@@ -48,8 +48,9 @@ def make_dataloaders(train: Sequence[Item], valid: Sequence[Item], classes: Sequ
     MiB, every image is decoded and resized once, in parallel, into RAM, and batches are
     gathered from there: for small models, epochs up to several times faster, the more so
     the larger the files are. Otherwise both lists are decoded from disk on every pass.
-    `cache_mb=None` means the default budget, a quarter of physical memory but at most
-    2048 MiB (`image_cache.default_cache_mb()`); `cache_mb=0` turns the cache off.
+    `cache_mb=None` means the default budget, a quarter of the memory the process may use
+    (physical, or the container's cgroup limit when lower) but at most 2048 MiB
+    (`image_cache.default_cache_mb()`); `cache_mb=0` turns the cache off.
     `progress(done, total)` is called while decoding (throttled). A file that cannot be
     decoded raises ValueError naming it.
     """
