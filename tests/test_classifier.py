@@ -14,18 +14,19 @@ from mlwidgets.checkpoints import CheckpointError
 
 @pytest.fixture(scope="module")
 def live_probabilities(tiny_data, tmp_path_factory):
-    """Train, and at each checkpoint record what the live model predicts right then."""
+    """Train, and at each iteration's end record what the live model predicts right then
+    (the report comes from the training thread just before the checkpoint's snapshot)."""
     session = mw.TrainingSession.create(tiny_data, TINY, tmp_path_factory.mktemp("c") / "s")
     images = [item.path for item in tiny_data.items[:12]]
     recorded = {}
 
-    def on_checkpoint(event):
-        if event["type"] == "checkpoint":
+    def on_report(event):
+        if event["type"] == "report":
             live = mw.ImageClassifier.from_model(copy.deepcopy(session.job.model), session.classes,
                                                   32)
-            recorded[event["id"]] = live.probabilities(images)
+            recorded[event["iteration"]] = live.probabilities(images)
 
-    session.on_event(on_checkpoint)
+    session.on_event(on_report)
     job = session.start()
     assert job.wait(300) and job.state == "completed", job.error
     return session, images, recorded
@@ -36,7 +37,7 @@ def test_every_checkpoint_restores_to_the_same_probabilities(live_probabilities)
     assert len(recorded) == 3
     for checkpoint in session.checkpoints:
         restored = mw.ImageClassifier.from_checkpoint(checkpoint).probabilities(images)
-        assert np.abs(restored - recorded[checkpoint.id]).max() <= 1e-6
+        assert np.abs(restored - recorded[checkpoint.iteration]).max() <= 1e-6
 
 
 def test_a_new_process_restores_the_same_probabilities(live_probabilities):
@@ -50,7 +51,7 @@ def test_a_new_process_restores_the_same_probabilities(live_probabilities):
     """, str(checkpoint.path), *map(str, images))
     assert result.returncode == 0, result.stderr
     restored = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    assert np.abs(restored - recorded[checkpoint.id]).max() <= 1e-6
+    assert np.abs(restored - recorded[checkpoint.iteration]).max() <= 1e-6
 
 
 def test_predict_paths_and_pil_images_alike(trained_dir, tiny_data):

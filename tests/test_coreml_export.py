@@ -316,7 +316,9 @@ def test_cli_export(session_dir, tmp_path):
                "--author", "Ada", "--license", "MIT", "--description", "Shapes",
                "--version", "2.0")
     assert done.returncode == 0, done.stderr
-    assert str(out) in done.stdout and "MB" in done.stdout and "ML program" in done.stdout
+    assert str(out) in done.stdout and "ML program" in done.stdout
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert f"({size:,} bytes)" in done.stdout
     meta = spec_of(out).description.metadata
     assert (meta.author, meta.license, meta.shortDescription, meta.versionString) == (
         "Ada", "MIT", "Shapes", "2.0")

@@ -80,7 +80,7 @@ def test_observers_see_batches_and_a_failing_observer_does_not_stop_training(
 def test_pause_commits_and_resume_continues_numbering(tiny_data, tmp_path):
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=4), tmp_path / "s")
     first_checkpoint = threading.Event()
-    session.on_event(lambda e: e["type"] == "checkpoint" and first_checkpoint.set())
+    session.on_event(lambda e: e["type"] == "report" and first_checkpoint.set())
     job = session.start()
     assert first_checkpoint.wait(300)
     paused_at = session.pause(timeout=300)

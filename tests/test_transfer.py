@@ -133,11 +133,13 @@ def test_pausing_while_the_classifier_trains_resumes_from_the_features(tiny_data
     session = mw.TrainingSession.create(tiny_data, transfer(backbone, max_iterations=5),
                                         tmp_path / "p")
 
-    def pause_after_first_training_checkpoint(event):
-        if event["type"] == "checkpoint" and event["phase"] == "training":
-            session.pause(wait=False)  # from the training thread: stops at the next batch
+    def pause_after_first_training_report(event):
+        # Reports come from the training thread (checkpoint events from the writer thread,
+        # which may lag): the pause lands in the next iteration's first batch.
+        if event["type"] == "report" and event["phase"] == "training":
+            session.pause(wait=False)
 
-    unsubscribe = session.on_event(pause_after_first_training_checkpoint)
+    unsubscribe = session.on_event(pause_after_first_training_report)
     job = session.start()
     assert job.wait(300) and job.state == "paused", job.error
     unsubscribe()

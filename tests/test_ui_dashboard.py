@@ -61,7 +61,7 @@ def test_pause_and_resume_buttons(tiny_data, tmp_path):
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=6), tmp_path / "s")
     dashboard = TrainingDashboard(session, follow_interval=0.05)
     first = threading.Event()
-    session.on_event(lambda e: e["type"] == "checkpoint" and first.set())
+    session.on_event(lambda e: e["type"] == "report" and first.set())
     dashboard.buttons["start"].click()
     assert enabled(dashboard) == {"pause", "stop"}
     assert first.wait(300)

@@ -32,7 +32,8 @@ class ExportReport:
         r = self.result
         kind = "ML program" if r.format == "mlprogram" else "neural network"
         weights = r.precision + (f", {r.quantize}" if r.quantize else "")
-        rows = [("file", str(r.path)), ("size", human_size(size_of(r.path))),
+        size = size_of(r.path)
+        rows = [("file", str(r.path)), ("size", f"{human_size(size)} ({size:,} bytes)"),
                 ("format", f"{kind} ({r.path.suffix}), {weights} weights, {r.seconds:.1f} s")]
         if self.verification is not None:
             rows.append(("verified", self.verification.summary()))
