@@ -322,3 +322,14 @@ def test_labels_stay_unique_and_ordered_across_resumed_phases(tmp_path):
     again = [made(5, "training", 2, 8), made(6, "training", 2, 8)]
     labels = timeline_module.unique_labels([*history[:2], *again])
     assert labels == ["it 1", "it 2", "it 2 (step 8)", "it 2 (step 8) (#4)"]
+
+
+def test_a_damaged_checkpoint_is_listed_as_damaged_and_the_others_stay_usable(trained_copy):
+    record = sorted(Path(trained_copy, "checkpoints").glob("*/checkpoint.json"))[0]
+    changed = record.read_bytes().replace(b'"phase": "training"', b'"phase": "fine_tuning"')
+    record.write_bytes(changed)  # one word: its digest no longer matches
+    timeline = CheckpointTimeline(mw.TrainingSession.restore(trained_copy))
+    assert "Damaged, left out: checkpoint " + record.parent.name in timeline.damaged.value
+    assert len(timeline.checkpoints) == 2
+    assert timeline.restore().classes == timeline.session.classes
+    timeline.close()

@@ -112,6 +112,7 @@ class CheckpointTimeline(widgets.VBox):
         self.restore_button = button("Restore", self.restore, icon="undo", style="primary",
                                      tooltip="load this checkpoint's weights into a classifier")
         self.details = widgets.HTML()
+        self.damaged = widgets.HTML()  # checkpoints that fail their checks: shown, not hidden
         self.heatmap = figure("Validation confusion", height=300)
         self.status = widgets.HTML()
         self.export_form = ExportForm(lambda: self.classifier_for(self.selected), session)
@@ -120,7 +121,7 @@ class CheckpointTimeline(widgets.VBox):
         super().__init__([
             widgets.HBox([self.slider, self.label]),
             widgets.HBox([self.best_button, self.restore_button]),
-            self.status, self.details, self.heatmap, self.insight,
+            self.status, self.damaged, self.details, self.heatmap, self.insight,
             widgets.Accordion([self.export_form], titles=("Export to Core ML",)),
         ])
         self.refresh()
@@ -137,6 +138,9 @@ class CheckpointTimeline(widgets.VBox):
         previous = self.selected
         was_latest = self._index is not None and self._index == len(self.checkpoints) - 1
         self.checkpoints = list(self.session.checkpoints)
+        damaged = self.session.damaged_checkpoints
+        self.damaged.value = "".join(message(f"Damaged, left out: {reason}", "error")
+                                     for reason in damaged.values())
         self._index_of = {c.id: i for i, c in enumerate(self.checkpoints)}
         self.best_index = self._find_best()
         self.labels = unique_labels(self.checkpoints, self.best_index)
