@@ -39,15 +39,17 @@ def test_training_goes_on_while_a_checkpoint_is_written(tiny_data, tmp_path, mon
     writing = threading.Event()
     real_commit = CheckpointStore.commit
 
-    def commit_waiting_for_a_batch(store, **snapshot):
+    def commit_waiting_for_training(store, **snapshot):
         if snapshot["iteration"] == 1:  # hold the first commit until training has gone on
             writing.set()
             assert trained_meanwhile.wait(120), "training waited for the commit"
         return real_commit(store, **snapshot)
 
-    monkeypatch.setattr(CheckpointStore, "commit", commit_waiting_for_a_batch)
-    session.on_event(lambda e: writing.is_set() and e["type"] == "batch"
-                     and trained_meanwhile.set())
+    monkeypatch.setattr(CheckpointStore, "commit", commit_waiting_for_training)
+    # Iteration 2's report comes from the training thread once it has trained the whole
+    # iteration: only possible while iteration 1's checkpoint is still being written.
+    session.on_event(lambda e: writing.is_set() and e["type"] == "report"
+                     and e["iteration"] == 2 and trained_meanwhile.set())
     job = session.start()
     assert job.wait(300) and session.state == "completed", job.error
     # The run ended only once every checkpoint was whole, in order, each announced.

@@ -31,8 +31,10 @@ def test_a_process_run_is_paused_from_another_session_object_and_resumed(tiny_da
     assert job.pid != os.getpid() and session.state is RunState.RUNNING
     reopened = mw.TrainingSession.restore(tmp_path / "s")  # as a restarted kernel would
     assert reopened.state is RunState.RUNNING and reopened.job is not None
-    checkpoint = reopened.pause(at_step=5, timeout=300)
-    assert reopened.state is RunState.PAUSED and checkpoint.step_number == 5
+    # Far enough ahead that the child reads the request (every 0.25 s) before that step.
+    at_step = reopened.progress.step + 300
+    checkpoint = reopened.pause(at_step=at_step, timeout=300)
+    assert reopened.state is RunState.PAUSED and checkpoint.step_number == at_step
     assert checkpoint.partial and session.state is RunState.PAUSED
     # Finish the iteration it paused in, and stop there.
     job = session.resume(iterations=checkpoint.iteration + 1, runner="process")

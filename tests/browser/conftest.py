@@ -246,9 +246,11 @@ class JupyterLab:
         errors = page.evaluate(_RUN_ALL_JS, [timeout * 1000])
         assert not errors, f"cells raised: {errors}"
 
-    def api(self, method: str, path: str) -> object:
-        request = urllib.request.Request(f"{self.url}{path}", method=method,
-                                         headers={"Authorization": f"token {self.token}"})
+    def api(self, method: str, path: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}{path}", method=method, data=data,
+                                         headers={"Authorization": f"token {self.token}",
+                                                  "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
         return json.loads(body) if body else None
@@ -257,6 +259,12 @@ class JupyterLab:
         """Delete every session, which shuts down its kernel."""
         for session in self.api("GET", "/api/sessions"):
             self.api("DELETE", f"/api/sessions/{session['id']}")
+
+    def reset_theme(self) -> None:
+        """Back to the light theme: a test that switched to dark must not leave the next
+        test's page dark (JupyterLab saves the choice in its settings)."""
+        self.api("PUT", "/lab/api/settings/@jupyterlab/apputils-extension:themes",
+                 {"raw": json.dumps({"theme": "JupyterLab Light"})})
 
 
 @pytest.fixture(scope="session")
@@ -294,6 +302,7 @@ def lab(jupyter_server: JupyterLab) -> Iterator[JupyterLab]:
     """The session's JupyterLab server; kernels the test started are shut down after it."""
     yield jupyter_server
     jupyter_server.stop_sessions()
+    jupyter_server.reset_theme()
 
 
 # --- Voilà ------------------------------------------------------------------------------------
