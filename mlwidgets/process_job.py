@@ -69,6 +69,8 @@ class ProcessJob:
                                "wait for it or stop it first")
         data_root = None if self.record.data_root is None else str(self.record.data_root)
         command = worker_command(str(directory), data_root, self.processes)
+        self.record.refresh()
+        runs_before = self._runs_started()
         log = open_for_append_confined(directory, LOG_FILE)
         try:
             self.process = subprocess.Popen(
@@ -81,12 +83,19 @@ class ProcessJob:
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while not self._taken():
             if self.process.poll() is not None:
+                self.record.refresh()
+                if self._runs_started() > runs_before:  # it ran, and ended before we looked
+                    return
                 raise TrainingProcessError(self._failure("the training process ended at once"))
             if time.monotonic() > deadline:
                 self.process.kill()
                 raise TrainingProcessError(self._failure(
                     f"the training process did not start within {STARTUP_TIMEOUT:.0f} s"))
             time.sleep(POLL_INTERVAL)
+
+    def _runs_started(self) -> int:
+        return sum(1 for e in self.record.events
+                   if e.get("type") == EventType.STATE and e.get("state") == RunState.RUNNING)
 
     def _taken(self) -> bool:
         """True once the child holds the lock and has said it runs."""

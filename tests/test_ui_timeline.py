@@ -256,6 +256,7 @@ class LongSession:
     classes: list[str] = field(default_factory=lambda: ["a", "b"])
     session_parameters: mw.SessionParameters = field(default_factory=mw.SessionParameters)
     data_origin: str = ""
+    damaged_checkpoints: dict[str, str] = field(default_factory=dict)
 
 
 def long_history(directory: Path, n: int = 1000) -> list[Checkpoint]:
