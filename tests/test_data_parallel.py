@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 
 import mlwidgets as mw
 from mlwidgets import features
+from mlwidgets.follow import SessionFollower
 
 pytestmark = pytest.mark.slow
 PARAMETERS = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn",
@@ -96,7 +98,7 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(data, tmp_path):
     session = mw.TrainingSession.create(source, PARAMETERS.replace(max_iterations=300),
                                         tmp_path / "s")
     job = session.start("process", 2)
-    assert wait_until(lambda: reported(session), 300)
+    assert first_report(session, 300)
     worker = rank_one(job.pid)
     os.kill(worker, signal.SIGKILL)
     started = time.monotonic()
@@ -109,19 +111,16 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(data, tmp_path):
     assert job.wait(300) and session.state == "completed", job.error
 
 
-def reported(session) -> bool:
-    """True once the session's events (read again from disk) hold a report."""
-    session.refresh()
-    return any(e["type"] == "report" for e in session.events)
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.2)  # polling another process's files
-    return False
+def first_report(session, timeout: float) -> bool:
+    """Wait until rank 0 has reported an iteration, as a viewer of the session sees it."""
+    reported = threading.Event()
+    follower = SessionFollower(session)
+    follower.start(lambda events: any(e["type"] == "report" for e in events)
+                   and reported.set(), interval=0.2)
+    try:
+        return reported.wait(timeout)
+    finally:
+        follower.stop()
 
 
 def rank_one(launcher_pid: int) -> int:

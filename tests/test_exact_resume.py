@@ -87,7 +87,7 @@ def test_head_and_fine_tuning_phases_resume_exactly(tiny_data, backbone, tmp_pat
 
 
 CHILD = textwrap.dedent("""
-    import sys, time
+    import sys, threading
     import mlwidgets as mw
     from test_exact_resume import SCRATCH
     data = mw.DataSource.labeled_directories(sys.argv[1])
@@ -95,7 +95,7 @@ CHILD = textwrap.dedent("""
     session.start()
     checkpoint = session.pause(at_step=int(sys.argv[3]), timeout=300)
     print(session.state, checkpoint.step_number, flush=True)
-    time.sleep(600)  # killed here
+    threading.Event().wait(600)  # killed here
 """)
 
 
