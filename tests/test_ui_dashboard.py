@@ -104,10 +104,12 @@ def test_a_session_trained_elsewhere_is_followed_and_paused_from_here(tiny_data,
     # Long enough that the Pause click arrives while the other process still trains.
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=200),
                                         tmp_path / "s")
+    # The first committed checkpoint: the other process is past start-up and training, so
+    # the pause below cannot land before its first batch (that pause has nothing to keep).
     running = threading.Event()
     dashboard = TrainingDashboard(mw.TrainingSession.restore(session.directory),
                                   follow_interval=0.05)
-    dashboard.on_events(lambda events: any(e.get("state") == "running" for e in events)
+    dashboard.on_events(lambda events: any(e.get("type") == "checkpoint" for e in events)
                         and running.set())
     trainer = subprocess.Popen([sys.executable, "-m", "mlwidgets", "resume", "--session",
                                 str(session.directory)], cwd=ROOT, stdout=subprocess.PIPE,
