@@ -7,8 +7,9 @@ another process).
 consecutive batches: a phase starts at one batch a point, and whenever its list passes the
 bound, neighbouring pairs are merged into their means and the stride doubles. So a phase of
 any length keeps its shape in 1,000 to 2,000 points, and the file stays under ~100 kB a
-phase. It is written with each checkpoint; a resumed run drops the points after the step it
-resumes from (they are trained again).
+phase. It is written with the checkpoints (at most once a second, and at a pause and at the
+run's end; without fsync: it only draws a line); a resumed run drops the points after the
+step it resumes from (they are trained again).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from . import schemas
 from .errors import MlwidgetsError
-from .files import check_confined, read_confined, write_atomic
+from .files import check_confined, read_confined, write_cache_atomic
 
 BATCH_LOSSES_FILE = "batch_losses.json"
 
@@ -80,9 +81,13 @@ class BatchLosses:
                 "phases": {name: {"stride": p.stride, "points": p.shown()}
                            for name, p in self._phases.items()}}
 
-    def save(self, directory: Path) -> None:
-        write_atomic(check_confined(directory, BATCH_LOSSES_FILE),
-                     schemas.encode_record(self.to_record()))
+    @staticmethod
+    def save(directory: Path, record: dict[str, Any]) -> None:
+        """Write `record` (a `to_record()` taken earlier: the training thread takes it,
+        the checkpoint writer writes it)."""
+        # No fsync: a lost or damaged file costs the chart's line, never the session.
+        write_cache_atomic(check_confined(directory, BATCH_LOSSES_FILE),
+                           schemas.encode_record(record))
 
     @classmethod
     def load(cls, directory: Path) -> BatchLosses:

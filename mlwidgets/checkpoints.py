@@ -194,8 +194,10 @@ class Checkpoint:
                                   f"{missing[0]}", self.path / RECORD_FILE, _USE_ANOTHER)
         return self.model
 
-    def load_model_state(self, expected: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The whole network's weights: model.safetensors, plus body.safetensors if any.
+    def load_model_state(self, expected: dict[str, Any] | None = None,
+                         prefix: str = "") -> dict[str, Any]:
+        """The whole network's weights: model.safetensors, plus body.safetensors if any;
+        with `prefix`, only the weights whose names start with it (e.g. "head.").
 
         `expected` (a skeleton's state dict) is checked first: the same tensor names and
         shapes, or CheckpointError naming the file, before any weight is loaded."""
@@ -204,10 +206,15 @@ class Checkpoint:
                 f"checkpoint {self.id} holds no trained classifier (phase {self.phase!r})",
                 self.path, "choose a checkpoint from a training phase")
         names = [MODEL_FILE, *([BODY_FILE] if BODY_FILE in self.files else [])]
-        if expected is not None:
+        if expected is not None or prefix:
             shapes: dict[str, tuple[int, ...]] = {}
-            for name in names:
-                shapes.update({k: shape for k, (_, shape) in self.tensor_shapes(name).items()})
+            for name in list(names):
+                found = {k: shape for k, (_, shape) in self.tensor_shapes(name).items()
+                         if k.startswith(prefix)}
+                shapes.update(found)
+                if not found:
+                    names.remove(name)  # nothing wanted in that file: not read at all
+        if expected is not None:
             problem = tensorfiles.mismatch(shapes, expected)
             if problem:
                 raise CheckpointError(
@@ -216,7 +223,8 @@ class Checkpoint:
                     _USE_ANOTHER)
         state: dict[str, Any] = {}
         for name in names:
-            state.update(self.load_tensors(name))
+            state.update((k, v) for k, v in self.load_tensors(name).items()
+                         if k.startswith(prefix))
         return state
 
     def load_optimizer_state(self, n_params: int | None = None) -> dict[str, Any] | None:

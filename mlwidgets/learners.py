@@ -12,24 +12,39 @@ from typing import TYPE_CHECKING, Any
 
 from . import features as feats
 from .loaders import make_dataloaders
-from .models import build_model
+from .models import build_model, transfer_head
 from .resume import iteration_seed, seed_everything
 
 if TYPE_CHECKING:
     from .record import SessionRecord
 
 
-def network(record: SessionRecord, phase: str, frozen: dict[str, Any] | None = None) -> Any:
-    """The whole network: `frozen` weights (if given), then the latest checkpoint's."""
+def network(record: SessionRecord, phase: str) -> Any:
+    """The whole network: the latest checkpoint's weights, or its first (pretrained) ones."""
     latest = record.latest_checkpoint
     trained = latest is not None and latest.has_model
     seed_everything(iteration_seed(record.parameters.seed, phase, -1))  # a seeded init
-    model = build_model(record.parameters, len(record.classes),
-                        with_weights=not trained and frozen is None)
-    if frozen is not None:
-        model.load_state_dict(frozen, strict=False)
+    model = build_model(record.parameters, len(record.classes), with_weights=not trained)
     if trained:
         model.load_state_dict(latest.load_model_state(expected=model.state_dict()))
+    return model
+
+
+def head_network(record: SessionRecord, phase: str, n_features: int) -> Any:
+    """Transfer learning's head alone, its weights named as in the whole network
+    (`head.…`): the latest checkpoint's, or its seeded first ones. The frozen extractor
+    is not built: the head trains on its cached features."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    latest = record.latest_checkpoint
+    seed_everything(iteration_seed(record.parameters.seed, phase, -1))
+    head = transfer_head(record.parameters, n_features, len(record.classes))
+    model = nn.Sequential(OrderedDict(head=head))
+    if latest is not None and latest.has_model:
+        model.load_state_dict(latest.load_model_state(expected=model.state_dict(),
+                                                      prefix="head."))
     return model
 
 
@@ -70,10 +85,9 @@ def image_dataloaders(record: SessionRecord, progress: Callable[[int, int], None
                             progress=progress)
 
 
-def feature_dataloaders(record: SessionRecord) -> tuple[Any, dict[str, Any], Any]:
-    """(loaders over the cached features, the frozen body's weights, its file record)."""
+def feature_dataloaders(record: SessionRecord) -> tuple[Any, Any, int]:
+    """(loaders over the cached features, the frozen body's file record, the feature size)."""
     from fastai.data.core import DataLoaders
-    from safetensors.torch import load_file
     from torch.utils.data import TensorDataset
 
     from .image_cache import SeededDataLoader
@@ -82,7 +96,6 @@ def feature_dataloaders(record: SessionRecord) -> tuple[Any, dict[str, Any], Any
     if cached is None:
         raise RuntimeError(f"the extracted features of {record.directory} are missing; "
                            "start again from a new session or reuse another's features")
-    frozen = load_file(str(cached.body_file[0]))  # verified when the cache was found
     t = cached.tensors
     train = TensorDataset(t["train_x"], t["train_y"])
     bs = min(record.parameters.batch_size, len(train))
@@ -91,7 +104,7 @@ def feature_dataloaders(record: SessionRecord) -> tuple[Any, dict[str, Any], Any
         SeededDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
         SeededDataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2),
         device="cpu")
-    return dls, frozen, cached.body_file
+    return dls, cached.body_file, t["train_x"].shape[1]
 
 
 def _body_and_head(model: Any) -> list[list[Any]]:

@@ -50,11 +50,8 @@ def build_model(params: ModelParameters, n_classes: int,
         body, n_features = extractors.build(name, params.image_size, with_weights,
                                             params.weights_file)
         pre = extractors.preprocessing(name)
-        torch.manual_seed(params.seed)  # the head's weights do not depend on the extractor's
-        head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                             *classifier_layers(params, n_features, n_classes))
         return nn.Sequential(OrderedDict(normalize=Normalize(pre.mean, pre.std), body=body,
-                                         head=head))
+                                         head=transfer_head(params, n_features, n_classes)))
     arch = params.architecture
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -67,8 +64,9 @@ def build_model(params: ModelParameters, n_classes: int,
     else:
         body, n_features = torchvision_body(arch, params.pretrained and with_weights,
                                              weights_file)
-    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         *classifier_layers(params, n_features, n_classes))
+    # Transfer learning trains its head alone first, on cached features (learners.py).
+    head = transfer_head(params, n_features, n_classes,
+                         seeded=params.algorithm == "transfer_learning")
     return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
 
 
@@ -91,6 +89,22 @@ def classifier_layers(params: ModelParameters, n_features: int, n_classes: int) 
     return layers[:-1]  # no activation after the last layer: it gives logits
 
 
+def transfer_head(params: ModelParameters, n_features: int, n_classes: int,
+                  seeded: bool = True) -> nn.Sequential:
+    """A network's head: pool, flatten, the classifier layers. `seeded`: seeded on its own,
+    so its first weights depend on `params.seed` only, never on the body built before it
+    (transfer learning's head phase builds the head alone, on cached features)."""
+    if seeded:
+        torch.manual_seed(params.seed)
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         *classifier_layers(params, n_features, n_classes))
+
+
+def classifier_of(head: nn.Sequential) -> nn.Sequential:
+    """The head's layers after pooling: features -> logits (sharing the head's modules)."""
+    return nn.Sequential(*head[2:])
+
+
 def split_features_and_classifier(model: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]:
     """(image -> pooled features, features -> logits): the two halves of transfer learning.
 
@@ -98,7 +112,7 @@ def split_features_and_classifier(model: nn.Sequential) -> tuple[nn.Sequential, 
     """
     head = model.head
     features = nn.Sequential(model.normalize, model.body, head[0], head[1])
-    return features, nn.Sequential(*head[2:])
+    return features, classifier_of(head)
 
 
 def model_record(params: ModelParameters, classes: list[str]) -> dict[str, object]:

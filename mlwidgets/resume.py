@@ -32,7 +32,16 @@ def iteration_seed(seed: int, phase: str, iteration: int) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    seed_torch(seed)
+
+
+def seed_torch(seed: int) -> None:
+    """torch.manual_seed, minus its cost where no GPU is: there it queues the CUDA seeding
+    for later with a captured stack trace, each call (milliseconds deep inside fastai's
+    loop, and a list that grows with every iteration)."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 @dataclass

@@ -35,9 +35,9 @@ from .callbacks import (
     metrics_of,
 )
 from .checkpoints import BODY_FILE
-from .commits import BackgroundCommits, optimizer_snapshot_of, snapshot_of
+from .commits import BackgroundCommits, optimizer_snapshot_of, snapshot_bytes, snapshot_of
 from .events import EventType, Progress, RunState
-from .models import build_model, model_record, split_features_and_classifier
+from .models import build_model, classifier_of, model_record
 from .resume import PausePoint, RngStates, iteration_seed, seed_everything
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 BATCH_EVENT_INTERVAL = 0.1  # seconds between streamed batch events, so observers keep up
 CONTROL_POLL_INTERVAL = 0.25  # seconds between looks at the session's control file
+LOSSES_SAVE_INTERVAL = 1.0  # seconds between writes of the batch line (a pause, the end: now)
 
 
 class Stopped(Exception):
@@ -70,6 +71,8 @@ class TrainingRun:
         self.batches_in_iteration = 0
         self.batch_losses = BatchLosses.load(record.directory)  # the chart's batch line, kept
         self.batch_losses.truncate(self.step)  # what comes after is trained again
+        self._losses_unsaved: dict[str, Any] | None = None  # written by the writer thread
+        self._losses_saved_at = 0.0
         self.started = time.monotonic()
         self.elapsed_before = record.elapsed
         self.note: str | None = None  # what a pause during preparation will redo
@@ -77,9 +80,8 @@ class TrainingRun:
         self._last_control_look = 0.0
         self._lock = threading.Lock()
         self.learn: Any = None
-        self.model: Any = None  # the whole network being trained
+        self.model: Any = None  # the network being trained (on cached features, the head alone)
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
-        self._frozen_keys: set[str] = set()  # the weights that file holds
         self._rng_at_stop: RngStates | None = None
         self.main = distributed.is_main()
         self.commits = BackgroundCommits()
@@ -150,6 +152,8 @@ class TrainingRun:
             self._run_phases()
         finally:
             self.commits.wait()  # the run ends when its last checkpoint is on disk
+            if self._losses_unsaved is not None:
+                self._save_losses(self._losses_unsaved, now=True)
 
     def _run_phases(self) -> None:
         phases = self.record.parameters.phases
@@ -199,11 +203,9 @@ class TrainingRun:
                                 [augment, *self._sink_callbacks()])
 
     def _feature_learner(self) -> Any:
-        dls, frozen, body_file = learners.feature_dataloaders(self.record)
-        self.model = learners.network(self.record, self.phase, frozen=frozen)
-        self._frozen, self._frozen_keys = body_file, set(frozen)
-        _, classifier = split_features_and_classifier(self.model)
-        return learners.learner(self.record, self.phase, classifier, dls,
+        dls, self._frozen, n_features = learners.feature_dataloaders(self.record)
+        self.model = learners.head_network(self.record, self.phase, n_features)
+        return learners.learner(self.record, self.phase, classifier_of(self.model.head), dls,
                                 self._sink_callbacks())
 
     def _sink_callbacks(self) -> list[Any]:
@@ -310,11 +312,8 @@ class TrainingRun:
                 self._pause_point_now()
             self.committed_step = self.step
             return
-        state = self.model.state_dict()
-        linked = None
-        if self._frozen is not None:  # store only what trains; link the frozen body
-            state = {k: v for k, v in state.items() if k not in self._frozen_keys}
-            linked = {BODY_FILE: self._frozen}
+        state = self.model.state_dict()  # on cached features the head's, the body linked:
+        linked = None if self._frozen is None else {BODY_FILE: self._frozen}
         resume, resume_tensors, metrics, confusion = None, None, self.metrics, self.confusion
         if pause:
             point = self._pause_point_now()
@@ -334,19 +333,31 @@ class TrainingRun:
         if pause:
             event.update(metrics=dict(metrics), partial=True)
         self.committed_step = self.step
-        self.batch_losses.save(r.directory)
-        self.commits.submit(lambda: self._write_checkpoint(snapshot, event))
+        losses = self.batch_losses.to_record()  # the chart's batch line up to this checkpoint
+        self.commits.submit(lambda: self._write_checkpoint(snapshot, event, losses),
+                            snapshot_bytes(snapshot["model_state"], snapshot["optimizer_state"]))
         if pause:
             self.commits.wait()
 
-    def _write_checkpoint(self, snapshot: dict[str, Any], event: dict[str, Any]) -> None:
-        """In the writer thread: commit, apply retention, tell the observers."""
+    def _write_checkpoint(self, snapshot: dict[str, Any], event: dict[str, Any],
+                          losses: dict[str, Any]) -> None:
+        """In the writer thread: the batch losses, the commit, retention, the observers."""
         r = self.record
+        self._save_losses(losses, now=snapshot["partial"])
         checkpoint = r.store.commit(**snapshot)
         if not checkpoint.partial:
             sp = r.session_parameters
             r.store.apply_retention(sp.keep_last, sp.keep_best, sp.best_metric)
         r.publish({**event, "id": checkpoint.id})
+
+    def _save_losses(self, losses: dict[str, Any], now: bool) -> None:
+        """Write the batch line `now`, or when the last write is a second old; else keep it
+        for the next checkpoint or the run's end (a file a checkpoint costs milliseconds)."""
+        if now or time.monotonic() - self._losses_saved_at >= LOSSES_SAVE_INTERVAL:
+            BatchLosses.save(self.record.directory, losses)
+            self._losses_saved_at, self._losses_unsaved = time.monotonic(), None
+        else:
+            self._losses_unsaved = losses
 
     def _pause_point_now(self) -> PausePoint:
         relay = self.learn.cbs.filter(lambda cb: isinstance(cb, RelayMetrics))[0]

@@ -22,7 +22,7 @@ def test_a_long_phase_stays_within_the_bound_and_keeps_its_shape(tmp_path):
     assert steps == sorted(steps) and steps[0] < 50 and steps[-1] > 49_000
     values = [v for _, v in points]
     assert values == sorted(values, reverse=True)  # still falling everywhere
-    losses.save(tmp_path)
+    losses.save(tmp_path, losses.to_record())
     assert (tmp_path / BATCH_LOSSES_FILE).stat().st_size < 200_000
     assert BatchLosses.load(tmp_path).points() == points
 
@@ -34,7 +34,7 @@ def test_phases_are_kept_apart_and_a_resume_drops_what_is_trained_again(tmp_path
     for step in range(11, 21):
         losses.add("fine_tuning", step, 0.5)
     losses.add("fine_tuning", 21, float("nan"))  # a diverged batch is no point
-    losses.save(tmp_path)
+    losses.save(tmp_path, losses.to_record())
     reopened = BatchLosses.load(tmp_path)
     assert len(reopened.points()) == 20
     reopened.truncate(15)  # resumed from the checkpoint at step 15

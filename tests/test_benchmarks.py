@@ -44,7 +44,8 @@ def test_transfer_benchmark_prints_both_ratios():
     table, figures = run_benchmark("transfer.py", "--iterations", "2", "--image-size", "32",
                                    "--images-per-class", "10", "--demo-iterations", "1",
                                    "--demo-repeats", "1", "--extraction-repeats", "1",
-                                   "--demo-images-per-class", "4", "--demo-image-size", "32")
+                                   "--repeats", "1", "--demo-images-per-class", "4",
+                                   "--demo-image-size", "32")
     assert "(1)/(2)" in table and "(2)/(3)" in table and "decoded-image cache" in table
     assert "bare channels-last forward pass" in table and "peak RSS" in table
     assert figures["extraction"]["ratio"] > 0 and figures["demo_rss"]["peak_rss_mb"] > 0

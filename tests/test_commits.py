@@ -1,16 +1,18 @@
 """Checkpoint commits off the training thread: training goes on while a checkpoint is
-written, at most one commit is in flight, and nothing reads or ends before it is whole."""
+written, at most one commit is in flight, a small one is written at once, and nothing
+reads or ends before it is whole."""
 
 from __future__ import annotations
 
 import threading
 
 import pytest
+import torch
 from conftest import TINY
 
 import mlwidgets as mw
 from mlwidgets.checkpoints import CheckpointStore
-from mlwidgets.commits import BackgroundCommits
+from mlwidgets.commits import SMALL_SNAPSHOT_BYTES, BackgroundCommits, snapshot_bytes
 
 
 def test_one_commit_in_flight_and_errors_come_back():
@@ -69,3 +71,20 @@ def test_a_failed_background_commit_fails_the_run(tiny_data, tmp_path, monkeypat
     job = session.start()
     assert job.wait(300) and session.state == "failed"
     assert "No space left" in str(job.error) and session.checkpoints == []
+
+
+def test_a_small_snapshot_is_written_at_once_and_a_big_one_in_the_background():
+    commits, threads = BackgroundCommits(), []
+    commits.submit(lambda: threads.append(threading.current_thread()),
+                   nbytes=SMALL_SNAPSHOT_BYTES - 1)
+    assert threads == [threading.current_thread()] and not commits.in_flight
+    commits.submit(lambda: threads.append(threading.current_thread()),
+                   nbytes=SMALL_SNAPSHOT_BYTES)
+    commits.wait()
+    assert len(threads) == 2 and threads[1] is not threading.current_thread()
+
+
+def test_a_snapshots_bytes_count_every_tensor_in_it():
+    model = {"w": torch.zeros(10), "b": torch.zeros(2, dtype=torch.float64)}
+    optimizer = {"state": [{"step": 3, "exp_avg": torch.zeros(4, 5)}], "hypers": [{"lr": 0.1}]}
+    assert snapshot_bytes(model, optimizer) == 10 * 4 + 2 * 8 + 20 * 4

@@ -135,3 +135,18 @@ def test_pausing_while_extracting_features_says_what_will_be_redone(
     assert session.state == "paused" and session.checkpoints == []
     stopped = [e for e in session.events if e["type"] == "state"][-1]
     assert "extraction starts again on resume" in stopped["note"]
+
+
+def test_seeding_draws_what_torch_manual_seed_draws_and_queues_nothing_for_cuda():
+    import torch
+
+    from mlwidgets.resume import seed_everything
+
+    queued = len(getattr(torch.cuda, "_queued_calls", []))  # torch's lazy CUDA calls
+    seed_everything(1234)
+    ours = torch.rand(5), random.random()
+    torch.manual_seed(1234)
+    random.seed(1234)
+    assert torch.equal(ours[0], torch.rand(5)) and ours[1] == random.random()
+    if not torch.cuda.is_available():  # one queued call (and stack trace) an iteration
+        assert len(getattr(torch.cuda, "_queued_calls", [])) == queued

@@ -175,3 +175,24 @@ def test_augmented_views_decode_the_images_once_and_give_the_same_features(tiny_
     assert streamed.keys() == cached.keys()
     for name in streamed:
         assert torch.equal(streamed[name], cached[name]), name
+
+
+def test_the_classifier_trains_on_cached_features_without_building_the_backbone(
+        tiny_data, backbone, tmp_path, monkeypatch):
+    from mlwidgets import learners
+
+    params = transfer(backbone)
+    # Its first weights are those of the whole network's head.
+    whole = build_model(params, 3).head.state_dict()
+    alone = learners.transfer_head(params, 256, 3).state_dict()
+    assert whole.keys() == alone.keys()
+    assert all(torch.equal(whole[k], alone[k]) for k in whole)
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the head phase built the whole network")
+
+    session = mw.TrainingSession.create(tiny_data, params, tmp_path / "s")
+    monkeypatch.setattr(learners, "build_model", no_backbone)
+    job = session.start()
+    assert job.wait(300) and job.state == "completed", job.error
+    assert [c.phase for c in session.checkpoints][-1] == "training"
