@@ -204,10 +204,10 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link `source` as `target` (no extra space), copying where links are impossible."""
     try:
-        os.link(source, target)  # the data is already durable: the folder's fsync will do
+        os.link(source, target)
     except OSError:  # another file system, or no hard links there
         shutil.copyfile(source, target)
-        fsync_tree(target)  # a copy must be durable before its folder is committed
+    fsync_tree(target)  # a copy must be durable before its folder is committed
 
 
 @contextmanager
