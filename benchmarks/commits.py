@@ -22,7 +22,7 @@ from common import median, print_figures, print_table  # noqa: E402
 from fastai.optimizer import Adam  # noqa: E402
 
 import mlwidgets as mw  # noqa: E402
-from mlwidgets.checkpoints import CheckpointStore  # noqa: E402
+from mlwidgets.checkpoint_store import CheckpointStore  # noqa: E402
 from mlwidgets.commits import BackgroundCommits, optimizer_snapshot_of, snapshot_of  # noqa: E402
 from mlwidgets.malloc import tune_for_training  # noqa: E402
 from mlwidgets.models import build_model, model_record  # noqa: E402

@@ -11,7 +11,8 @@ import warnings
 
 from . import datasets
 from . import scan as _scan  # noqa: F401  (gives DataSource.find_data_problems)
-from .checkpoints import Checkpoint, CheckpointError, CheckpointStore
+from .checkpoint_store import CheckpointStore
+from .checkpoints import Checkpoint, CheckpointError
 from .classifier import ImageClassifier, Prediction
 from .coreml import ModelMetadata
 from .data import DataSource

@@ -36,7 +36,8 @@ import torch
 
 from . import features as feats
 from . import schemas, tensorfiles
-from .checkpoints import BODY_FILE, MODEL_FILE, Checkpoint, remove_derived
+from .checkpoint_store import remove_derived
+from .checkpoints import BODY_FILE, MODEL_FILE, Checkpoint
 from .data import Item
 from .errors import MlwidgetsError
 from .files import mkdir_confined, read_confined, sha256_bytes, write_cache_atomic

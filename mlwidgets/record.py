@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from . import schemas
-from .checkpoints import Checkpoint, CheckpointStore
+from .checkpoint_store import CheckpointStore
+from .checkpoints import Checkpoint
 from .data import DataSource, Item, recorded_split, split_items
 from .errors import SessionError, UnsafeFileError
 from .events import Observers, RunState

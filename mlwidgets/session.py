@@ -32,8 +32,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint_store import CheckpointStore
 from .checkpoint_styles import find
-from .checkpoints import Checkpoint, CheckpointStore
+from .checkpoints import Checkpoint
 from .data import DataSource, Item
 from .events import Observer, Progress, RunState
 from .job import Job

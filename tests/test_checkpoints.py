@@ -6,7 +6,8 @@ import pytest
 import torch
 from fastai.optimizer import Adam
 
-from mlwidgets.checkpoints import CheckpointError, CheckpointStore
+from mlwidgets.checkpoint_store import CheckpointStore
+from mlwidgets.checkpoints import CheckpointError
 
 OPENAI_METRICS = {"step", "train_loss", "train_mean_token_accuracy", "valid_loss",
                   "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"}

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY
 
 import mlwidgets as mw
-from mlwidgets.checkpoints import CheckpointStore
+from mlwidgets.checkpoint_store import CheckpointStore
 from mlwidgets.commits import SMALL_SNAPSHOT_BYTES, BackgroundCommits, snapshot_bytes
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlwidgets import files
-from mlwidgets.checkpoints import CheckpointStore
+from mlwidgets.checkpoint_store import CheckpointStore
 from mlwidgets.errors import LimitError, UnsafeFileError
 
 

@@ -580,7 +580,7 @@ def test_a_session_names_its_damaged_checkpoints_for_viewers(case):
 
 
 def test_commits_never_go_through_a_linked_checkpoints_folder(case):
-    from mlwidgets.checkpoints import CheckpointStore
+    from mlwidgets.checkpoint_store import CheckpointStore
 
     folder = session_of(case) / "checkpoints"
     shutil.move(folder, case / "elsewhere" / "checkpoints")
