@@ -164,8 +164,9 @@ class _Batches:
 
 
 def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
-         body_state: dict[str, torch.Tensor]) -> ExtractedFeatures:
-    """Write features atomically into `directory/<key name>` (temporary dir, then rename)."""
+         body_state: dict[str, torch.Tensor]) -> None:
+    """Write features atomically into `directory/<key name>` (temporary dir, then rename);
+    `find` reads them back, verified."""
     from safetensors.torch import save as to_bytes
 
     if directory.is_symlink():  # the cache would land wherever it points
@@ -181,7 +182,7 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
             files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         record = {"key": key, "files": files}
         write_bytes_durably(tmp / RECORD_FILE, json.dumps(record, indent=2).encode())
-    return load(target)
+
 
 
 def load(path: Path) -> ExtractedFeatures:
