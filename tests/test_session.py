@@ -79,14 +79,27 @@ def test_observers_see_batches_and_a_failing_observer_does_not_stop_training(
 
 def test_pause_commits_and_resume_continues_numbering(tiny_data, tmp_path):
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=4), tmp_path / "s")
-    first_checkpoint = threading.Event()
-    session.on_event(lambda e: e["type"] == "report" and first_checkpoint.set())
+    first_report, reported, asked = {}, threading.Event(), threading.Event()
+
+    def hold_at_first_report(event):
+        # The training thread waits here until the pause below is asked: on a fast machine
+        # the other 3 iterations could otherwise end before it arrives.
+        if event["type"] == "report" and not reported.is_set():
+            first_report.update(event)
+            reported.set()
+            asked.wait(300)
+
+    session.on_event(hold_at_first_report)
+    # Published by pause() in this thread, once the request is in place.
+    session.on_event(lambda e: e.get("state") == "pausing" and asked.set())
     job = session.start()
-    assert first_checkpoint.wait(300)
-    paused_at = session.pause(timeout=300)
+    assert reported.wait(300)
+    at_step = first_report["step"] + 1  # iteration 2's first batch: a pause inside it
+    paused_at = session.pause(timeout=300, at_step=at_step)
     assert job.state == "paused" and session.state == "paused"
     assert paused_at is not None and paused_at == session.latest_checkpoint
-    assert paused_at.iteration < 4
+    assert paused_at.partial and paused_at.step_number == at_step
+    assert paused_at.iteration == 1  # iterations done: the second is under way
     before = [c.id for c in session.checkpoints]
 
     restored = mw.TrainingSession.restore(session.directory)
@@ -133,18 +146,31 @@ def test_restore_in_a_new_process_gives_everything_back_and_can_resume(trained_c
 
 def test_cancel_stops_without_a_new_checkpoint(tiny_data, tmp_path):
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=50), tmp_path / "s")
-    first_batch = threading.Event()
-    session.on_event(lambda e: e["type"] == "batch" and first_batch.set())
+    first_batch, asked = threading.Event(), threading.Event()
+
+    def hold_at_first_batch(event):
+        # The training thread waits here until the cancel below is asked, so it lands inside
+        # the first iteration on any machine (not after that iteration's checkpoint).
+        if event["type"] == "batch" and not first_batch.is_set():
+            first_batch.set()
+            asked.wait(300)
+
+    session.on_event(hold_at_first_batch)
     job = session.start()
     assert first_batch.wait(300)
-    session.cancel(timeout=300)
+    session.cancel(wait=False)
+    asked.set()
+    assert job.wait(300)
     assert job.state == "cancelled" and session.checkpoints == []
 
 
 def test_a_second_start_while_training_is_refused(tiny_data, tmp_path):
     session = mw.TrainingSession.create(tiny_data, TINY.replace(max_iterations=50), tmp_path / "s")
-    running = threading.Event()
+    running, checked = threading.Event(), threading.Event()
     session.on_event(lambda e: e.get("state") == "running" and running.set())
+    # Training waits at its first batch until the checks below are done: a fast machine
+    # could otherwise finish all 50 iterations before they look.
+    session.on_event(lambda e: e["type"] == "batch" and checked.wait(300))
     job = session.start()
     try:
         with pytest.raises(RuntimeError, match="already training"):
@@ -153,6 +179,7 @@ def test_a_second_start_while_training_is_refused(tiny_data, tmp_path):
         other = mw.TrainingSession.restore(session.directory)
         assert other.state == "running"  # the lock is held by this process
     finally:
+        checked.set()
         session.cancel(timeout=300)
     assert job.done
 
