@@ -72,9 +72,12 @@ def test_ctrl_c_during_training_pauses_with_a_checkpoint(tiny_data_dir, tmp_path
     import signal
 
     session = tmp_path / "interrupted"
+    # More iterations than any machine trains before the Ctrl-C below lands (the command
+    # prints what it sees every 0.5 s): the run is still training when it does.
+    iterations = 100_000
     child = subprocess.Popen([sys.executable, "-m", "mlwidgets", "train", str(tiny_data_dir),
                               "--session", str(session), "--architecture", "small_cnn",
-                              "--image-size", "32", "--iterations", "200"],
+                              "--image-size", "32", "--iterations", str(iterations)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     for line in child.stdout:  # wait for the first committed checkpoint, then press Ctrl-C
         if "checkpoint" in line:
@@ -84,7 +87,7 @@ def test_ctrl_c_during_training_pauses_with_a_checkpoint(tiny_data_dir, tmp_path
     assert child.returncode == 0, err
     assert "pausing" in out and "Training paused" in out
     listed = json.loads(cli("checkpoints", "--session", session, "--json").stdout)
-    assert listed and listed[-1]["iteration"] < 200
+    assert listed and listed[-1]["iteration"] < iterations
 
 
 @pytest.mark.slow
