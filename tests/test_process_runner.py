@@ -9,14 +9,19 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from conftest import ROOT, TINY
 
 import mlwidgets as mw
 from mlwidgets.events import RunState
+from mlwidgets.follow import SessionFollower
 
-LONG = TINY.replace(max_iterations=400)  # runs until the test pauses or stops it
+# Runs until the test pauses or stops it: more iterations than any machine trains in the
+# seconds a command line's start or a kernel restart takes (400 could end first).
+LONG_ITERATIONS = 100_000
+LONG = TINY.replace(max_iterations=LONG_ITERATIONS)
 
 
 def cli(*args: object) -> subprocess.CompletedProcess:
@@ -49,6 +54,8 @@ def test_the_command_line_shows_pauses_and_stops_a_run_it_did_not_start(tiny_dat
     session.start(runner="process")
     status = cli("status", "--session", tmp_path / "s")
     assert status.returncode == 0 and "running" in status.stdout
+    # Past its start-up: a pause while it decodes images would have nothing to keep.
+    assert first_checkpoint(session, 300)
     paused = cli("pause", "--session", tmp_path / "s", "--wait")
     assert paused.returncode == 0, paused.stderr
     assert "paused" in cli("status", "--session", tmp_path / "s").stdout
@@ -86,7 +93,7 @@ KERNEL_STARTS = """
 import mlwidgets as mw
 from conftest import TINY
 data = mw.DataSource.labeled_directories({data!r})
-session = mw.TrainingSession.create(data, TINY.replace(max_iterations=400), {dir!r})
+session = mw.TrainingSession.create(data, TINY.replace(max_iterations={iterations}), {dir!r})
 session.start(runner="process")
 print("started", session.job.pid)
 """
@@ -114,7 +121,8 @@ def test_the_run_outlives_a_kernel_restart_and_the_new_kernel_pauses_it(tiny_dat
     manager, client = start_new_kernel(kernel_name="python3", cwd=str(ROOT), env=env)
     try:
         out = run_cell(client, KERNEL_STARTS.format(data=str(tiny_data_dir),
-                                                    dir=str(tmp_path / "s")))
+                                                    dir=str(tmp_path / "s"),
+                                                    iterations=LONG_ITERATIONS))
         pid = int(out.split()[-1])
         manager.restart_kernel(now=True)
         client.wait_for_ready(timeout=120)
@@ -124,6 +132,18 @@ def test_the_run_outlives_a_kernel_restart_and_the_new_kernel_pauses_it(tiny_dat
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+def first_checkpoint(session, timeout: float) -> bool:
+    """Wait until the training process has committed a checkpoint, as a viewer sees it."""
+    committed = threading.Event()
+    follower = SessionFollower(session)
+    follower.start(lambda events: any(e["type"] == "checkpoint" for e in events)
+                   and committed.set(), interval=0.1)
+    try:
+        return committed.wait(timeout)
+    finally:
+        follower.stop()
 
 
 def run_cell(client, code: str) -> str:
