@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import features as feats
 from .loaders import make_dataloaders
-from .models import build_model, transfer_head
+from .models import build_head, build_model
 from .resume import iteration_seed, seed_everything
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def head_network(record: SessionRecord, phase: str, n_features: int) -> Any:
 
     latest = record.latest_checkpoint
     seed_everything(iteration_seed(record.parameters.seed, phase, -1))
-    head = transfer_head(record.parameters, n_features, len(record.classes))
+    head = build_head(record.parameters, n_features, len(record.classes))
     model = nn.Sequential(OrderedDict(head=head))
     if latest is not None and latest.has_model:
         model.load_state_dict(latest.load_model_state(expected=model.state_dict(),

@@ -51,7 +51,7 @@ def build_model(params: ModelParameters, n_classes: int,
                                             params.weights_file)
         pre = extractors.preprocessing(name)
         return nn.Sequential(OrderedDict(normalize=Normalize(pre.mean, pre.std), body=body,
-                                         head=transfer_head(params, n_features, n_classes)))
+                                         head=build_head(params, n_features, n_classes)))
     arch = params.architecture
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -65,7 +65,7 @@ def build_model(params: ModelParameters, n_classes: int,
         body, n_features = torchvision_body(arch, params.pretrained and with_weights,
                                              weights_file)
     # Transfer learning trains its head alone first, on cached features (learners.py).
-    head = transfer_head(params, n_features, n_classes,
+    head = build_head(params, n_features, n_classes,
                          seeded=params.algorithm == "transfer_learning")
     return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
 
@@ -89,7 +89,7 @@ def classifier_layers(params: ModelParameters, n_features: int, n_classes: int) 
     return layers[:-1]  # no activation after the last layer: it gives logits
 
 
-def transfer_head(params: ModelParameters, n_features: int, n_classes: int,
+def build_head(params: ModelParameters, n_features: int, n_classes: int,
                   seeded: bool = True) -> nn.Sequential:
     """A network's head: pool, flatten, the classifier layers. `seeded`: seeded on its own,
     so its first weights depend on `params.seed` only, never on the body built before it

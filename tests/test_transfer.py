@@ -184,7 +184,7 @@ def test_the_classifier_trains_on_cached_features_without_building_the_backbone(
     params = transfer(backbone)
     # Its first weights are those of the whole network's head.
     whole = build_model(params, 3).head.state_dict()
-    alone = learners.transfer_head(params, 256, 3).state_dict()
+    alone = learners.build_head(params, 256, 3).state_dict()
     assert whole.keys() == alone.keys()
     assert all(torch.equal(whole[k], alone[k]) for k in whole)
 
