@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,18 @@ def run_python(code: str, *args: str, timeout: float = 300) -> subprocess.Comple
     """Run `code` in a fresh Python process (a new kernel, as far as the session knows)."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def seen_event(session: mw.TrainingSession, kind: str, timeout: float) -> bool:
+    """Wait until the session's events include one of `kind` (e.g. the first "report" or
+    "checkpoint" of a run in another process), as a viewer of the session sees them."""
+    from mlwidgets.follow import SessionFollower
+
+    seen = threading.Event()
+    follower = SessionFollower(session)
+    follower.start(lambda events: any(e["type"] == kind for e in events) and seen.set(),
+                   interval=0.1)
+    try:
+        return seen.wait(timeout)
+    finally:
+        follower.stop()

@@ -7,15 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 import torch
+from conftest import seen_event
 
 import mlwidgets as mw
 from mlwidgets import features
-from mlwidgets.follow import SessionFollower
 
 pytestmark = pytest.mark.slow
 PARAMETERS = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn",
@@ -98,7 +97,7 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(data, tmp_path):
     session = mw.TrainingSession.create(source, PARAMETERS.replace(max_iterations=300),
                                         tmp_path / "s")
     job = session.start("process", 2)
-    assert first_report(session, 300)
+    assert seen_event(session, "report", 300)
     worker = rank_one(job.pid)
     os.kill(worker, signal.SIGKILL)
     started = time.monotonic()
@@ -109,18 +108,6 @@ def test_a_killed_worker_stops_the_run_and_it_resumes(data, tmp_path):
         checkpoint.verify()  # only whole checkpoints
     job = session.resume(iterations=session.latest_checkpoint.iteration + 1)
     assert job.wait(300) and session.state == "completed", job.error
-
-
-def first_report(session, timeout: float) -> bool:
-    """Wait until rank 0 has reported an iteration, as a viewer of the session sees it."""
-    reported = threading.Event()
-    follower = SessionFollower(session)
-    follower.start(lambda events: any(e["type"] == "report" for e in events)
-                   and reported.set(), interval=0.2)
-    try:
-        return reported.wait(timeout)
-    finally:
-        follower.stop()
 
 
 def rank_one(launcher_pid: int) -> int:

@@ -9,14 +9,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, seen_event
 
 import mlwidgets as mw
 from mlwidgets.events import RunState
-from mlwidgets.follow import SessionFollower
 
 # Runs until the test pauses or stops it: more iterations than any machine trains in the
 # seconds a command line's start or a kernel restart takes (400 could end first).
@@ -55,7 +53,7 @@ def test_the_command_line_shows_pauses_and_stops_a_run_it_did_not_start(tiny_dat
     status = cli("status", "--session", tmp_path / "s")
     assert status.returncode == 0 and "running" in status.stdout
     # Past its start-up: a pause while it decodes images would have nothing to keep.
-    assert first_checkpoint(session, 300)
+    assert seen_event(session, "checkpoint", 300)
     paused = cli("pause", "--session", tmp_path / "s", "--wait")
     assert paused.returncode == 0, paused.stderr
     assert "paused" in cli("status", "--session", tmp_path / "s").stdout
@@ -132,18 +130,6 @@ def test_the_run_outlives_a_kernel_restart_and_the_new_kernel_pauses_it(tiny_dat
     finally:
         client.stop_channels()
         manager.shutdown_kernel(now=True)
-
-
-def first_checkpoint(session, timeout: float) -> bool:
-    """Wait until the training process has committed a checkpoint, as a viewer sees it."""
-    committed = threading.Event()
-    follower = SessionFollower(session)
-    follower.start(lambda events: any(e["type"] == "checkpoint" for e in events)
-                   and committed.set(), interval=0.1)
-    try:
-        return committed.wait(timeout)
-    finally:
-        follower.stop()
 
 
 def run_cell(client, code: str) -> str:
