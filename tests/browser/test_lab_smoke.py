@@ -10,7 +10,6 @@ from playwright.sync_api import Page, expect
 
 CONTROLS = '''
 import threading
-import time
 
 import ipywidgets as widgets
 
@@ -38,8 +37,7 @@ fig
 EXTEND_FROM_A_THREAD = '''
 def extend():
     clicked.wait()
-    for x in range(3, 8):
-        time.sleep(0.2)  # a training loop's pace
+    for x in range(3, 8):  # five updates from a thread, as a training loop sends them
         with fig.batch_update():
             fig.data[0].x = (*fig.data[0].x, x)
             fig.data[0].y = (*fig.data[0].y, x * x)
