@@ -2,8 +2,8 @@
 batch line comes back when the session is reopened (after a kernel restart, in Voila, in
 another process).
 
-`batch_losses.json` (format in schemas.py) holds, for each phase, at most
-`schemas.MAX_LOSS_POINTS` (2,000) points `[step, loss]`. Each point is the mean of `stride`
+`batch_losses.json` (format in side_schemas.py) holds, for each phase, at most
+`side_schemas.MAX_LOSS_POINTS` (2,000) points `[step, loss]`. Each point is the mean of `stride`
 consecutive batches: a phase starts at one batch a point, and whenever its list passes the
 bound, neighbouring pairs are merged into their means and the stride doubles. So a phase of
 any length keeps its shape in 1,000 to 2,000 points, and the file stays under ~100 kB a
@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import schemas, side_schemas
 from .errors import MlwidgetsError
 from .files import check_confined, read_confined, write_cache_atomic
 
@@ -59,7 +59,7 @@ def _mean(points: list[Any]) -> list[float]:
 class BatchLosses:
     """The thinned per-batch losses of one session, by phase."""
 
-    def __init__(self, bound: int = schemas.MAX_LOSS_POINTS):
+    def __init__(self, bound: int = side_schemas.MAX_LOSS_POINTS):
         self.bound = bound
         self._phases: dict[str, _Phase] = {}
 
@@ -77,7 +77,7 @@ class BatchLosses:
         return sorted((p[0], p[1]) for phase in self._phases.values() for p in phase.shown())
 
     def to_record(self) -> dict[str, Any]:
-        return {"format": schemas.BATCH_LOSSES_FORMAT, "max_points_per_phase": self.bound,
+        return {"format": side_schemas.BATCH_LOSSES_FORMAT, "max_points_per_phase": self.bound,
                 "phases": {name: {"stride": p.stride, "points": p.shown()}
                            for name, p in self._phases.items()}}
 
@@ -96,8 +96,9 @@ class BatchLosses:
         losses = cls()
         try:
             data = read_confined(directory, BATCH_LOSSES_FILE,
-                                 max_size=schemas.MAX_BATCH_LOSSES_BYTES)
-            record = schemas.load_batch_losses_record(data, Path(directory) / BATCH_LOSSES_FILE)
+                                 max_size=side_schemas.MAX_BATCH_LOSSES_BYTES)
+            record = side_schemas.load_batch_losses_record(
+                data, Path(directory) / BATCH_LOSSES_FILE)
         except (OSError, MlwidgetsError):
             return losses
         for name, phase in record["phases"].items():

@@ -2,7 +2,7 @@
 
 fastai's `ImageClassifierCleaner` forgets what a user decided when they switch category;
 here every decision is written at once to `<session>/decisions.json` (atomically, validated
-by schemas.DecisionsRecord, read confined), one per image path, so decisions survive a
+by side_schemas.DecisionsRecord, read confined), one per image path, so decisions survive a
 kernel restart, a category switch and another process. `DataSource.with_decisions(...)`
 applies them.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import schemas, side_schemas
 from .errors import MlwidgetsError, SessionError
 from .files import check_confined, read_confined, write_atomic
 
@@ -42,13 +42,13 @@ class Decisions:
         silently dropped)."""
         try:
             data = read_confined(self.directory, DECISIONS_FILE,
-                                 max_size=schemas.MAX_DECISIONS_BYTES)
+                                 max_size=side_schemas.MAX_DECISIONS_BYTES)
         except FileNotFoundError:
             return {}
         except (MlwidgetsError, OSError) as e:
             raise SessionError(f"cannot read the decisions: {e}", self.path,
                                "move the file away to start the decisions again") from None
-        return dict(schemas.load_decisions_record(data, self.path)["decisions"])
+        return dict(side_schemas.load_decisions_record(data, self.path)["decisions"])
 
     def get(self, path: str | os.PathLike) -> dict[str, Any] | None:
         return self.all().get(str(path))
@@ -77,9 +77,9 @@ class Decisions:
                 self._write(found)
 
     def _write(self, decisions: dict[str, dict[str, Any]]) -> None:
-        record = {"format": schemas.DECISIONS_FORMAT, "decisions": decisions}
+        record = {"format": side_schemas.DECISIONS_FORMAT, "decisions": decisions}
         data = schemas.encode_record(record)
-        schemas.load_decisions_record(data, self.path)  # never write what cannot be read
+        side_schemas.load_decisions_record(data, self.path)  # never write what cannot be read
         write_atomic(check_confined(self.directory, DECISIONS_FILE), data)
 
     def __len__(self) -> int:

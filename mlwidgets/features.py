@@ -190,7 +190,7 @@ def load(path: Path) -> ExtractedFeatures:
     read only from inside the folder, never through a link, sizes checked first."""
     from safetensors.torch import load as from_bytes
 
-    from . import schemas
+    from . import schemas, side_schemas
     from .errors import CheckpointError, MlwidgetsError, describe
 
     root, name = path.parent, path.name
@@ -198,7 +198,7 @@ def load(path: Path) -> ExtractedFeatures:
         if root.is_symlink():
             raise UnsafeFileError("a symlink inside the session", root,
                                   "sessions must hold their own files")
-        record = schemas.load_features_record(read_confined(
+        record = side_schemas.load_features_record(read_confined(
             root, f"{name}/{RECORD_FILE}", max_size=schemas.MAX_SESSION_RECORD_BYTES),
             path / RECORD_FILE)
         blobs = {}

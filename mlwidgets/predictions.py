@@ -13,7 +13,7 @@ outside the checkpoint folders, which stay exactly as committed:
                                 classes, and the tensor file's sha256 and size
 ```
 
-Nothing here is trusted either: the record is validated (schemas.PredictionsRecord), files
+Nothing here is trusted either: the record is validated (side_schemas.PredictionsRecord), files
 are read confined and size-checked, and a cache that does not match its checkpoint (another
 checkpoint of the same name, other images) or is damaged is recomputed, never used. The
 folder of a checkpoint is removed when retention or `remove_checkpoints` deletes it
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import features as feats
-from . import schemas, tensorfiles
+from . import schemas, side_schemas, tensorfiles
 from .checkpoint_store import remove_derived
 from .checkpoints import BODY_FILE, MODEL_FILE, Checkpoint
 from .data import Item
@@ -125,7 +125,7 @@ class PredictionCache:
         except (MlwidgetsError, OSError):
             return None
         try:
-            record = schemas.load_predictions_record(raw, self.directory / checkpoint.id)
+            record = side_schemas.load_predictions_record(raw, self.directory / checkpoint.id)
             if (record["checkpoint"] != checkpoint.id or record["classes"] != self.classes
                     or record["model_sha256"] != checkpoint.files[MODEL_FILE]["sha256"]
                     or record["items_sha256"] != self.digest
@@ -159,7 +159,7 @@ class PredictionCache:
         # The tensor file first, then the record naming its hash; no fsync: a crash leaves
         # a missing or mismatched entry, which is recomputed (every read checks the hash).
         write_cache_atomic(folder / TENSOR_FILE, data)
-        record = {"format": schemas.PREDICTIONS_FORMAT, "checkpoint": checkpoint.id,
+        record = {"format": side_schemas.PREDICTIONS_FORMAT, "checkpoint": checkpoint.id,
                   "model_sha256": checkpoint.files[MODEL_FILE]["sha256"],
                   "items_sha256": self.digest, "classes": self.classes,
                   "images": len(self.items), "source": source,

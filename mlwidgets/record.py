@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import schemas, side_schemas
 from .checkpoint_store import CheckpointStore
 from .checkpoints import Checkpoint
 from .data import DataSource, Item, recorded_split, split_items
@@ -329,8 +329,8 @@ class SessionRecord:
     def read_request(self) -> tuple[str, int | None] | None:
         """The pending (action, at_step), or None."""
         try:  # confined and bounded: a link, FIFO or huge file is no request
-            found = schemas.control_from_bytes(read_confined(
-                self.directory, CONTROL_FILE, max_size=schemas.MAX_CONTROL_BYTES))
+            found = side_schemas.control_from_bytes(read_confined(
+                self.directory, CONTROL_FILE, max_size=side_schemas.MAX_CONTROL_BYTES))
         except (OSError, ValueError):
             return None
         if found is None or found["action"] not in CONTROL_ACTIONS:

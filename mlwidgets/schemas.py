@@ -1,4 +1,5 @@
-"""The one home of the session's file formats: what each file may hold, checked on reading.
+"""The session's file formats: what each file may hold, checked on reading (the side files,
+from the features cache to control.json, are in side_schemas.py on the same terms).
 
 Nothing in a session folder is trusted (see README, "Opening a session someone sent you").
 Every record is parsed here with bounded depth and no NaN or infinity, then validated with
@@ -261,7 +262,7 @@ def load_checkpoint_record(data: bytes, where: Any, error: type[MlwidgetsError]
                            ) -> dict[str, Any]:
     """checkpoint.json's record from its bytes: digest, shape and ranges checked."""
     record = decode_record(data, where, error)
-    record = _validated(_checkpoint_record, record, where, error)
+    record = validated(_checkpoint_record, record, where, error)
     model = record.get("model") or {}
     confusion = record.get("confusion")
     if confusion is not None and "classes" in model and len(confusion) != len(model["classes"]):
@@ -270,7 +271,7 @@ def load_checkpoint_record(data: bytes, where: Any, error: type[MlwidgetsError]
     return record
 
 
-def _validated(adapter: TypeAdapter, value: Any, where: Any,
+def validated(adapter: TypeAdapter, value: Any, where: Any,
                error: type[MlwidgetsError]) -> Any:
     try:
         return adapter.validate_python(value)
@@ -323,7 +324,7 @@ def load_session_record(data: bytes, where: Any, error: type[MlwidgetsError] = S
     """session.json from its bytes. `parameters` and `session_parameters` come back as
     the engine's dataclasses; the raw dicts of everything else."""
     record = decode_record(data, where, error)
-    return _validated(_session_record, record, where, error)
+    return validated(_session_record, record, where, error)
 
 
 def read_session_record(directory: Path) -> dict[str, Any]:
@@ -335,7 +336,7 @@ def read_session_record(directory: Path) -> dict[str, Any]:
         raise SessionNotFoundError(f"not a training session: {what}", directory,
                                    "give the folder that holds session.json")
     record = decode_record(_read(directory, "session.json", MAX_SESSION_RECORD_BYTES), path)
-    checked = _validated(_session_record, record, path, SessionError)
+    checked = validated(_session_record, record, path, SessionError)
     record["parameters"] = checked["parameters"].to_dict()
     record["session_parameters"] = checked["session_parameters"].to_dict()
     return record
@@ -381,7 +382,7 @@ _data_record = TypeAdapter(DataRecord)
 def load_data_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
                      ) -> dict[str, Any]:
     """data.json from its bytes: every label one of its classes, every path a string."""
-    record = _validated(_data_record, decode_record(data, where, error), where, error)
+    record = validated(_data_record, decode_record(data, where, error), where, error)
     known = set(record["classes"])
     for part in ("train", "valid"):
         for index, (path, label) in enumerate(record[part]):
@@ -454,175 +455,3 @@ def event_from_line(raw: bytes) -> dict[str, Any] | None:
         return adapter.validate_python(value)
     except ValidationError:
         return None
-
-
-# -- control.json (a pause or stop request for the trainer) -------------------------------
-
-MAX_CONTROL_BYTES = 4096
-
-
-@with_config(ConfigDict(extra="allow"))
-class ControlRecord(TypedDict):
-    action: Literal["pause", "stop"]
-    at_step: NotRequired[Step | None]
-    time: NotRequired[Time]
-
-
-_control_record = TypeAdapter(ControlRecord)
-
-
-def control_from_bytes(data: bytes) -> dict[str, Any] | None:
-    """control.json's request, or None when it holds none that is valid (a request is
-    advisory: a damaged one is ignored, never an error)."""
-    try:
-        return _control_record.validate_python(decode_record(data, "control.json"))
-    except (MlwidgetsError, ValidationError):
-        return None
-
-
-# -- features/<key>/features.json (the extracted-features cache) -------------------------
-
-
-@with_config(ConfigDict(extra="forbid"))
-class FeaturesRecord(TypedDict):
-    key: Annotated[dict[Annotated[str, Field(max_length=64)], Json], Field(max_length=64)]
-    files: Annotated[dict[Literal["features.safetensors", "body.safetensors"], FileRecord],
-                     Field(min_length=2)]
-
-
-_features_record = TypeAdapter(FeaturesRecord)
-
-
-def load_features_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                         ) -> dict[str, Any]:
-    """A features cache's record from its bytes: its key and its two files' hashes."""
-    return _validated(_features_record, decode_record(data, where, error), where, error)
-
-
-# -- exports/*.json ------------------------------------------------------------------------
-
-
-@with_config(ConfigDict(extra="allow"))
-class ExportRecord(TypedDict):
-    kind: Annotated[str, Field(max_length=64)]
-    path: Text
-    format: Literal["mlprogram", "neuralnetwork"]
-    size_bytes: Count
-    precision: Annotated[str, Field(max_length=32)]
-    quantize: Annotated[str, Field(max_length=32)] | None
-    sha256: Sha256
-    sha256_of: Annotated[str, Field(max_length=256)]
-    session_id: Label
-    checkpoint_id: Label
-    iteration: Iteration
-    step_number: Count
-    created_at: Time
-    date: Annotated[str, Field(max_length=64)]
-    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=1 << 16)]]
-
-
-_export_record = TypeAdapter(ExportRecord)
-
-
-def load_export_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                       ) -> dict[str, Any]:
-    """One exports/*.json record from its bytes."""
-    return _validated(_export_record, decode_record(data, where, error), where, error)
-
-
-# -- predictions/<checkpoint id>/predictions.json (a checkpoint's cached predictions) -----
-
-PREDICTIONS_FORMAT = "mlwidgets.predictions/1"
-MAX_IMAGES = 10**7  # images in one split
-
-
-@with_config(ConfigDict(extra="forbid"))
-class PredictionsRecord(TypedDict):
-    format: Literal["mlwidgets.predictions/1"]
-    checkpoint: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")]
-    model_sha256: Sha256  # the checkpoint's model file: another checkpoint of that name is stale
-    items_sha256: Sha256  # the validation images and labels the rows stand for
-    classes: Classes
-    images: Annotated[int, Field(ge=0, le=MAX_IMAGES)]
-    source: Literal["features", "images"]
-    files: Annotated[dict[Literal["probabilities.safetensors"], FileRecord], Field(min_length=1)]
-
-
-_predictions_record = TypeAdapter(PredictionsRecord)
-
-
-def load_predictions_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                            ) -> dict[str, Any]:
-    """A checkpoint's cached-predictions record from its bytes."""
-    return _validated(_predictions_record, decode_record(data, where, error), where, error)
-
-
-# -- decisions.json (keep / relabel / exclude, decided on possible data problems) -------
-
-DECISIONS_FORMAT = "mlwidgets.decisions/1"
-MAX_DECISIONS = 10**6
-MAX_DECISIONS_BYTES = 256 << 20
-
-
-@with_config(ConfigDict(extra="forbid"))
-class Decision(TypedDict):
-    action: Literal["keep", "relabel", "exclude"]
-    label: NotRequired[Label]  # the new label, for "relabel"
-    time: NotRequired[Time]
-
-
-def _relabel_has_label(decisions: dict[str, Any]) -> dict[str, Any]:
-    for path, decision in decisions.items():
-        if not path or "\x00" in path:
-            raise ValueError("an empty or invalid path")
-        if (decision["action"] == "relabel") != ("label" in decision):
-            raise ValueError(f"{path[:80]!r}: a label goes with relabel, and only with it")
-    return decisions
-
-
-@with_config(ConfigDict(extra="forbid"))
-class DecisionsRecord(TypedDict):
-    format: Literal["mlwidgets.decisions/1"]
-    decisions: Annotated[dict[Text, Decision], Field(max_length=MAX_DECISIONS),
-                         AfterValidator(_relabel_has_label)]
-
-
-_decisions_record = TypeAdapter(DecisionsRecord)
-
-
-def load_decisions_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                          ) -> dict[str, Any]:
-    """decisions.json from its bytes: one decision per image path."""
-    return _validated(_decisions_record, decode_record(data, where, error), where, error)
-
-
-# -- batch_losses.json (per-batch training losses, thinned: see batch_losses.py) ----------
-
-BATCH_LOSSES_FORMAT = "mlwidgets.batch_losses/1"
-MAX_LOSS_POINTS = 2000  # per phase: neighbouring points merge in pairs beyond it
-MAX_BATCH_LOSSES_BYTES = 8 << 20
-Loss = Annotated[float, Field(allow_inf_nan=False)]
-LossPoint = tuple[Annotated[float, Field(ge=0, le=MAX_STEPS, allow_inf_nan=False)], Loss]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class PhaseLosses(TypedDict):
-    stride: Annotated[int, Field(ge=1, le=MAX_STEPS)]  # batches averaged into each point
-    points: Annotated[list[LossPoint], Field(max_length=MAX_LOSS_POINTS + 1)]
-
-
-@with_config(ConfigDict(extra="forbid"))
-class BatchLossesRecord(TypedDict):
-    format: Literal["mlwidgets.batch_losses/1"]
-    max_points_per_phase: Annotated[int, Field(ge=2, le=MAX_LOSS_POINTS)]
-    phases: dict[Literal[PHASES], PhaseLosses]  # type: ignore[valid-type]
-
-
-_batch_losses_record = TypeAdapter(BatchLossesRecord)
-
-
-def load_batch_losses_record(data: bytes, where: Any, error: type[MlwidgetsError] = SessionError
-                             ) -> dict[str, Any]:
-    """batch_losses.json from its bytes: each phase's thinned [step, loss] points."""
-    return _validated(_batch_losses_record, decode_record(data, where, error), where, error)

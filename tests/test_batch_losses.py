@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlwidgets import schemas
+from mlwidgets import side_schemas
 from mlwidgets.batch_losses import BATCH_LOSSES_FILE, BatchLosses
 from mlwidgets.errors import SessionError
 
@@ -17,7 +17,7 @@ def test_a_long_phase_stays_within_the_bound_and_keeps_its_shape(tmp_path):
     for step in range(1, 50_001):
         losses.add("training", step, 10 / step)
     points = losses.points()
-    assert schemas.MAX_LOSS_POINTS // 2 <= len(points) <= schemas.MAX_LOSS_POINTS + 1
+    assert side_schemas.MAX_LOSS_POINTS // 2 <= len(points) <= side_schemas.MAX_LOSS_POINTS + 1
     steps = [s for s, _ in points]
     assert steps == sorted(steps) and steps[0] < 50 and steps[-1] > 49_000
     values = [v for _, v in points]
@@ -50,7 +50,7 @@ def test_phases_are_kept_apart_and_a_resume_drops_what_is_trained_again(tmp_path
 ])
 def test_a_damaged_file_is_refused_by_its_schema_and_costs_only_the_line(tmp_path, damage):
     with pytest.raises(SessionError):
-        schemas.load_batch_losses_record(damage, "batch_losses.json")
+        side_schemas.load_batch_losses_record(damage, "batch_losses.json")
     (tmp_path / BATCH_LOSSES_FILE).write_bytes(damage)
     assert BatchLosses.load(tmp_path).points() == []
 

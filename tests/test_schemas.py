@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlwidgets import schemas
+from mlwidgets import schemas, side_schemas
 from mlwidgets.errors import CheckpointError, SessionError
 from mlwidgets.parameters import ModelParameters, SessionParameters
 
@@ -122,9 +122,9 @@ def test_export_records():
               "sha256_of": "Manifest.json", "session_id": "s", "checkpoint_id": "c",
               "iteration": 1, "step_number": 1, "created_at": 1.0, "date": "2026",
               "seconds": 0.5, "metadata": {"author": ""}}
-    assert schemas.load_export_record(json.dumps(record).encode(), "e.json") == record
+    assert side_schemas.load_export_record(json.dumps(record).encode(), "e.json") == record
     with pytest.raises(SessionError, match="format"):
-        schemas.load_export_record(json.dumps({**record, "format": "x"}).encode(), "e.json")
+        side_schemas.load_export_record(json.dumps({**record, "format": "x"}).encode(), "e.json")
 
 
 def test_a_resume_record_keeps_its_types_and_is_bounded():

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import schemas
+from .. import schemas, side_schemas
 from ..errors import MlwidgetsError
 from ..files import mkdir_confined, read_confined, write_json_atomic
 
@@ -196,7 +196,7 @@ def record_export(classifier: ImageClassifier, result: ExportResult,
 
 def exports_of(session_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The export records of a session, oldest first (damaged or unsafe ones skipped with
-    a warning naming them; see schemas.ExportRecord)."""
+    a warning naming them; see side_schemas.ExportRecord)."""
     directory = Path(session_dir) / EXPORTS_DIR
     records = []
     if directory.is_symlink() or not directory.is_dir():
@@ -205,7 +205,7 @@ def exports_of(session_dir: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             data = read_confined(session_dir, f"{EXPORTS_DIR}/{path.name}",
                                  max_size=schemas.MAX_SESSION_RECORD_BYTES)
-            records.append(schemas.load_export_record(data, path))
+            records.append(side_schemas.load_export_record(data, path))
         except (OSError, MlwidgetsError) as e:
             log.warning("skipping export record %s: %s", path, e)
     return records
