@@ -247,8 +247,20 @@ def remove_derived(session_dir: Path, checkpoint_id: str) -> None:
 
 
 def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
-    # safetensors refuses non-contiguous or shared-memory tensors; copies are cheap here.
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    """Tensors safetensors accepts: on the CPU, contiguous, each its whole storage and none
+    sharing one. Only those that are not get copied: a snapshot (commits.py) already is
+    such a copy, and copying a large model's state again would double the commit's memory."""
+    out: dict[str, Any] = {}
+    storages: set[int] = set()
+    for key, value in state.items():
+        tensor = value.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage()
+        if (storage.data_ptr() in storages
+                or storage.nbytes() != tensor.numel() * tensor.element_size()):
+            tensor = tensor.clone()  # a view of a larger storage, or one shared (tied weights)
+        storages.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

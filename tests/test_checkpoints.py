@@ -32,6 +32,16 @@ def commit(store, step, valid_loss=1.0, **kw):
                         model={"architecture": "small_cnn", "classes": ["a", "b"]}, **kw)
 
 
+def test_tied_weights_views_and_transposes_commit_and_load_back_equal(tmp_path):
+    store = make_store(tmp_path)
+    w = torch.randn(4, 4)
+    state = {"tied.a": w, "tied.b": w, "row": w[1], "transposed": w.t()}
+    c = store.commit(phase="training", iteration=1, step_number=3, metrics=metrics(0.5),
+                     model_state=state, model={"architecture": "small_cnn"})
+    restored = c.load_model_state()
+    assert all(torch.equal(restored[k], v) for k, v in state.items())
+
+
 def test_commit_round_trips_weights_and_optimizer_state(tmp_path):
     store = make_store(tmp_path)
     net = torch.nn.Linear(3, 2)
