@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from . import schemas
+from . import schemas, tensorfiles
 from .checkpoints import (
     FORMAT,
     HIGHER_IS_BETTER,
@@ -163,12 +163,12 @@ class CheckpointStore:
             optimizer_record: dict[str, Any] = {}
             blobs: dict[str, bytes] = {}
             if model_state is not None:
-                blobs[MODEL_FILE] = save(_contiguous(model_state))
+                blobs[MODEL_FILE] = save(tensorfiles.savable(model_state))
             if optimizer_state is not None:
                 tensors, optimizer_record = _split_optimizer_state(optimizer_state)
                 blobs[OPTIMIZER_FILE] = save(tensors)
             if resume_tensors is not None:
-                blobs[RESUME_FILE] = save(_contiguous(resume_tensors))
+                blobs[RESUME_FILE] = save(tensorfiles.savable(resume_tensors))
             for file_name, data in blobs.items():
                 write_bytes_durably(tmp / file_name, data)
                 files[file_name] = {"sha256": sha256_bytes(data), "size": len(data)}
@@ -246,23 +246,6 @@ def remove_derived(session_dir: Path, checkpoint_id: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _contiguous(state: dict[str, Any]) -> dict[str, Any]:
-    """Tensors safetensors accepts: on the CPU, contiguous, each its whole storage and none
-    sharing one. Only those that are not get copied: a snapshot (commits.py) already is
-    such a copy, and copying a large model's state again would double the commit's memory."""
-    out: dict[str, Any] = {}
-    storages: set[int] = set()
-    for key, value in state.items():
-        tensor = value.detach().to("cpu").contiguous()
-        storage = tensor.untyped_storage()
-        if (storage.data_ptr() in storages
-                or storage.nbytes() != tensor.numel() * tensor.element_size()):
-            tensor = tensor.clone()  # a view of a larger storage, or one shared (tied weights)
-        storages.add(tensor.untyped_storage().data_ptr())
-        out[key] = tensor
-    return out
-
-
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """fastai optimizer state -> (tensors for safetensors, JSON record of the rest)."""
     import torch
@@ -277,4 +260,4 @@ def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, Any], dict[
                 scalars.setdefault(str(index), {})[name] = value
     record = {"n_params": len(state["state"]), "scalars": scalars,
               "hypers": [dict(h) for h in state["hypers"]]}
-    return _contiguous(tensors), record
+    return tensorfiles.savable(tensors), record

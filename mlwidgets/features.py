@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from . import tensorfiles
 from .augment import augment_batch
 from .data import Item
 from .errors import UnsafeFileError
@@ -177,7 +178,7 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
     with directory_committed_as(target) as tmp:  # kept as is if another run got there first
         files = {}
         for name, state in ((FEATURES_FILE, tensors), (BODY_FILE, body_state)):
-            data = to_bytes({k: v.detach().contiguous().clone() for k, v in state.items()})
+            data = to_bytes(tensorfiles.savable(state))
             write_bytes_durably(tmp / name, data)
             files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         record = {"key": key, "files": files}

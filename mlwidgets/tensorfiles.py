@@ -62,3 +62,21 @@ def mismatch(found: dict[str, tuple[int, ...]], expected: dict[str, Any]) -> str
              f"tensor {wrong[0]!r} has shape {list(found[wrong[0]])}, not {list(want[wrong[0]])}")
     count = len(missing) + len(unexpected) + len(wrong)
     return first + (f" (and {count - 1} more)" if count > 1 else "")
+
+
+def savable(state: dict[str, Any]) -> dict[str, Any]:
+    """`state` as tensors safetensors accepts: on the CPU, contiguous, each its whole
+    storage and none sharing one. Only those that are not get copied: a checkpoint's
+    snapshot (commits.py) already is a copy, and copying a large model's state again would
+    double the commit's memory."""
+    out: dict[str, Any] = {}
+    storages: set[int] = set()
+    for key, value in state.items():
+        tensor = value.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage()
+        if (storage.data_ptr() in storages
+                or storage.nbytes() != tensor.numel() * tensor.element_size()):
+            tensor = tensor.clone()  # a view of a larger storage, or one shared (tied weights)
+        storages.add(tensor.untyped_storage().data_ptr())
+        out[key] = tensor
+    return out
