@@ -153,19 +153,25 @@ class Checkpoint:
 
     def tensor_shapes(self, name: str = MODEL_FILE) -> dict[str, tuple[str, tuple[int, ...]]]:
         """{tensor name: (dtype, shape)} from a verified file's header, without its data."""
+        return self._header(name, self.read_verified(name))
+
+    def load_tensors(self, name: str = MODEL_FILE) -> dict[str, Any]:
         data = self.read_verified(name)
+        self._header(name, data)
+        return self._tensors(name, data)
+
+    def _header(self, name: str, data: bytes) -> dict[str, tuple[str, tuple[int, ...]]]:
         try:
             return tensorfiles.header(data)
         except ValueError as e:
             raise CheckpointError(f"checkpoint {self.id} is damaged: not a valid safetensors "
                                   f"file ({e})", self.path / name, USE_ANOTHER) from None
 
-    def load_tensors(self, name: str = MODEL_FILE) -> dict[str, Any]:
+    def _tensors(self, name: str, data: bytes) -> dict[str, Any]:
+        """The tensors of file `name`'s bytes (verified, header checked)."""
         from safetensors.torch import load
 
-        data = self.read_verified(name)
         try:
-            tensorfiles.header(data)
             return load(data)
         except Exception as e:  # safetensors' own errors name no file
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
@@ -195,14 +201,15 @@ class Checkpoint:
                 f"checkpoint {self.id} holds no trained classifier (phase {self.phase!r})",
                 self.path, "choose a checkpoint from a training phase")
         names = [MODEL_FILE, *([BODY_FILE] if BODY_FILE in self.files else [])]
-        if expected is not None or prefix:
-            shapes: dict[str, tuple[int, ...]] = {}
-            for name in list(names):
-                found = {k: shape for k, (_, shape) in self.tensor_shapes(name).items()
-                         if k.startswith(prefix)}
+        wanted: dict[str, bytes] = {}  # each file read and verified once
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in names:
+            data = self.read_verified(name)
+            found = {k: shape for k, (_, shape) in self._header(name, data).items()
+                     if k.startswith(prefix)}
+            if found:  # a file with nothing wanted (the frozen body, for "head.") is skipped
+                wanted[name] = data
                 shapes.update(found)
-                if not found:
-                    names.remove(name)  # nothing wanted in that file: not read at all
         if expected is not None:
             problem = tensorfiles.mismatch(shapes, expected)
             if problem:
@@ -211,8 +218,8 @@ class Checkpoint:
                     f"{self.model.get('architecture')!r}: {problem}", self.path / MODEL_FILE,
                     USE_ANOTHER)
         state: dict[str, Any] = {}
-        for name in names:
-            state.update((k, v) for k, v in self.load_tensors(name).items()
+        for name, data in wanted.items():
+            state.update((k, v) for k, v in self._tensors(name, data).items()
                          if k.startswith(prefix))
         return state
 

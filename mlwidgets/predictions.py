@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +43,7 @@ from .data import Item
 from .errors import MlwidgetsError
 from .files import mkdir_confined, read_confined, sha256_bytes, write_cache_atomic
 from .images import load_array
-from .models import classifier_layers, inference_batch_size, skeleton_for
+from .models import build_head, classifier_of, inference_batch_size, skeleton_for
 from .parameters import ModelParameters
 
 log = logging.getLogger(__name__)
@@ -204,16 +205,11 @@ def head_probabilities(checkpoint: Checkpoint, valid_x: torch.Tensor) -> np.ndar
     record = checkpoint.model_record()
     params = ModelParameters(classifier=record.get("classifier", "logistic_regression"),
                              mlp_layers=tuple(record.get("mlp_layers", (256,))))
-    head = torch.nn.Sequential(*classifier_layers(params, int(valid_x.shape[1]),
-                                                  len(record["classes"])))
-    state = checkpoint.load_tensors(MODEL_FILE)
-    # The model's head is (pool, flatten, *classifier layers): head.2 is the classifier's 0.
-    renamed = {}
-    for key, value in state.items():
-        if key.startswith("head."):
-            index, _, rest = key[len("head."):].partition(".")
-            renamed[f"{int(index) - 2}.{rest}"] = value
-    head.load_state_dict(renamed, strict=True)
+    holder = torch.nn.Sequential(OrderedDict(head=build_head(
+        params, int(valid_x.shape[1]), len(record["classes"]), seeded=False)))
+    holder.load_state_dict(checkpoint.load_model_state(expected=holder.state_dict(),
+                                                       prefix="head."))
+    head = classifier_of(holder.head)
     head.eval()
     with torch.inference_mode():
         return torch.softmax(head(valid_x.float()), dim=1).numpy()
