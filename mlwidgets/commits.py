@@ -41,8 +41,7 @@ def snapshot_bytes(*states: dict[str, Any]) -> int:
 class BackgroundCommits:
     """Run commit functions one at a time in a writer thread."""
 
-    def __init__(self, name: str = "mlwidgets-commit"):
-        self._name = name
+    def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -53,7 +52,7 @@ class BackgroundCommits:
         if nbytes is not None and nbytes < SMALL_SNAPSHOT_BYTES:
             commit()
             return
-        self._thread = threading.Thread(target=self._run, args=(commit,), name=self._name,
+        self._thread = threading.Thread(target=self._run, args=(commit,), name="mlwidgets-commit",
                                         daemon=True)
         self._thread.start()
 
@@ -78,14 +77,19 @@ class BackgroundCommits:
 
 
 def snapshot_of(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of tensors that training goes on changing in place."""
-    return {k: v.detach().clone() for k, v in state.items()}
+    """A copy, in host memory, of tensors that training goes on changing in place (on a
+    GPU, a copy there would cost GPU memory and be copied to the host again to be written)."""
+    return {k: _host_copy(v) for k, v in state.items()}
 
 
 def optimizer_snapshot_of(state: dict[str, Any]) -> dict[str, Any]:
     """fastai's optimizer state, its tensors copied (the optimizer updates them in place)."""
     import torch
 
-    return {"state": [{k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+    return {"state": [{k: _host_copy(v) if isinstance(v, torch.Tensor) else v
                        for k, v in s.items()} for s in state["state"]],
             "hypers": [dict(h) for h in state["hypers"]]}
+
+
+def _host_copy(tensor: Any) -> Any:
+    return tensor.detach().to("cpu", copy=True)

@@ -185,7 +185,6 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
         write_bytes_durably(tmp / RECORD_FILE, json.dumps(record, indent=2).encode())
 
 
-
 def load(path: Path) -> ExtractedFeatures:
     """Read cached features, checking every file against its recorded sha256. Files are
     read only from inside the folder, never through a link, sizes checked first."""
