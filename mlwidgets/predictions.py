@@ -71,7 +71,7 @@ class PredictionCache:
         self._memory: dict[tuple[str, str], np.ndarray] = {}  # (id, model sha) -> probs
         self._features: Any = None  # the session's extracted features, once loaded
         self.last_source = ""  # "memory", "cache", "features" or "images"
-        self._pending: list[Future] = []
+        self._last_write: Future | None = None  # the writer is one thread, in order
 
     def probabilities(self, checkpoint: Checkpoint) -> np.ndarray:
         """(validation images, classes) probabilities under `checkpoint`."""
@@ -87,8 +87,8 @@ class PredictionCache:
             found, source = self._compute(checkpoint)
             # Written by a background thread: a head over cached features takes well under
             # a millisecond, creating two files takes more. `flush()` waits for it.
-            self._pending.append(_writer().submit(self._write_or_warn, checkpoint, found,
-                                                  source))
+            self._last_write = _writer().submit(self._write_or_warn, checkpoint, found,
+                                                source)
             self.last_source = source
         else:
             self.last_source = "cache"
@@ -97,9 +97,9 @@ class PredictionCache:
 
     def flush(self) -> None:
         """Wait until every computed entry is written (or was refused, with a warning)."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        last, self._last_write = self._last_write, None
+        if last is not None:
+            last.result()  # the earlier ones were written first
 
     def prune(self, keep: Sequence[str]) -> list[str]:
         """Remove the entries of checkpoints not in `keep`; returns their ids."""
