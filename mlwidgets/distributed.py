@@ -101,11 +101,16 @@ def gather_features(tensors: dict[str, torch.Tensor], n_train: int,
 def init() -> None:
     """Join the launcher's process group (gloo on CPUs, NCCL on GPUs) once."""
     if is_distributed() and not _initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-        _resumable_distributed_loader()
-        if backend == "gloo":
+        if torch.cuda.is_available():
+            # NCCL for the training's CUDA tensors, gloo for the CPU tensors that agree(),
+            # sum_over_ranks() and the object gathers send (NCCL refuses CPU tensors); each
+            # worker on its own GPU before any collective picks one.
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.distributed.init_process_group(backend="cpu:gloo,cuda:nccl")
+        else:
+            torch.distributed.init_process_group(backend="gloo")
             _broadcast_on_cpu()
+        _resumable_distributed_loader()
 
 
 @contextlib.contextmanager
