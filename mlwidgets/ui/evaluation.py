@@ -65,10 +65,11 @@ class EvaluationPanel(widgets.VBox):
 
     # -- public actions ---------------------------------------------------------------
 
-    def set_classifier(self, classifier: ImageClassifier | None) -> None:
-        """Evaluate `classifier` from now on; an evaluation of another one is cleared."""
+    def set_classifier(self, classifier: ImageClassifier | None, best: bool = False) -> None:
+        """Evaluate `classifier` from now on (`best`: its checkpoint is the session's best);
+        an evaluation of another one is cleared."""
         self.classifier = classifier
-        self.using.value = using_checkpoint(classifier)
+        self.using.value = using_checkpoint(classifier, best)
         self._forget_results()
 
     def set_data(self, data: DataSource | None) -> None:

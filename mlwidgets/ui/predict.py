@@ -64,10 +64,11 @@ class PredictionPanel(widgets.VBox):
 
     # -- public actions ---------------------------------------------------------------
 
-    def set_classifier(self, classifier: ImageClassifier | None) -> None:
-        """Predict with `classifier` from now on; images already shown are predicted again."""
+    def set_classifier(self, classifier: ImageClassifier | None, best: bool = False) -> None:
+        """Predict with `classifier` from now on (`best`: its checkpoint is the session's
+        best); images already shown are predicted again."""
         self.classifier = classifier
-        self.using.value = using_checkpoint(classifier)  # which checkpoint, in words
+        self.using.value = using_checkpoint(classifier, best)  # which checkpoint, in words
         if classifier is None:
             self.results.children, self.predictions = [], []
             self.status.value = message(NO_CLASSIFIER)

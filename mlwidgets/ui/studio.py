@@ -15,7 +15,7 @@ from ..events import EventType
 from ..parameters import ModelParameters
 from ..record import SESSION_FILE
 from ..session import TrainingSession
-from .common import message, using_checkpoint
+from .common import message
 from .dashboard import TrainingDashboard
 from .evaluation import EvaluationPanel
 from .predict import PredictionPanel
@@ -141,13 +141,11 @@ class Studio(widgets.Tab):
 
     def _restored(self, classifier: ImageClassifier) -> None:
         self.classifier = classifier
-        self.evaluation.set_classifier(classifier)
-        self.prediction.set_classifier(classifier)
         tl = self.timeline
-        best = tl is not None and tl.selected is not None and tl.best_index is not None and (
+        best = tl is not None and tl.best_index is not None and (
             tl.checkpoints[tl.best_index].id == getattr(classifier.checkpoint, "id", None))
-        for panel in (self.evaluation, self.prediction):
-            panel.using.value = using_checkpoint(classifier, best)
+        self.evaluation.set_classifier(classifier, best)
+        self.prediction.set_classifier(classifier, best)
 
 
 def _open(source: Any) -> tuple[TrainingSession | None, DataSource | None]:
