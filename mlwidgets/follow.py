@@ -62,7 +62,7 @@ class SessionFollower:
             self._offset = offset
             if self._first_sighting(event):
                 events.append(event)
-        trained_here = getattr(self.session.job, "run", None) is not None  # a thread's Job
+        trained_here = self.session.trains_here
         if any(e["type"] == EventType.STATE for e in events) and not trained_here:
             self.session.refresh()  # another process changed session.json
         events.sort(key=lambda e: e.get("time", 0.0))

@@ -259,15 +259,21 @@ class TrainingSession(SessionInsight):
     # -- state and progress ---------------------------------------------------------------
 
     @property
+    def trains_here(self) -> bool:
+        """Whether a thread of this process has trained it since it was opened: its state
+        and counters are then live here; otherwise another process may change them."""
+        return isinstance(self.job, Job)
+
+    @property
     def state(self) -> RunState:
         """Where training stands (see the table in this module's docstring)."""
-        if not isinstance(self.job, Job):  # another process may have changed it
+        if not self.trains_here:  # another process may have changed it
             self.record.refresh(events=False)
         return self.record.state
 
     @property
     def elapsed(self) -> float:
-        if isinstance(self.job, Job) and not self.job.done:
+        if self.trains_here and not self.job.done:
             return self.job.run.elapsed
         return self.record.elapsed
 

@@ -12,7 +12,6 @@ import ipywidgets as widgets
 from ..data import DataSource
 from ..events import EventType, Observers, RunState
 from ..follow import SessionFollower
-from ..job import Job
 from ..parameters import ModelParameters
 from ..process_job import ProcessJob
 from ..session import TrainingSession
@@ -183,7 +182,7 @@ class TrainingDashboard(widgets.VBox):
     def _show_state(self, preparing: dict[str, Any] | None = None) -> None:
         s = self.session
         state = self.shown_state = s.state if s is not None else RunState.INITIALIZED
-        elsewhere = state.is_active and not isinstance(s.job, Job)
+        elsewhere = state.is_active and not s.trains_here
         for name, b in self.buttons.items():  # the state says which actions make sense
             b.disabled = not state.allows(_ACTIONS[name])
             b.tooltip = (_WHY_NOT.get(name, "not while the session is {state}").format(
