@@ -133,15 +133,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--iterations", type=ITERATIONS, help="default: 25, as Create ML")
     t.add_argument("--checkpoint-interval", type=ITERATIONS, default=1)
     t.add_argument("--augment", action="store_true", help="use all six augmentations")
-    t.add_argument("--processes", type=_int_in(1, MAX_PROCESSES), default=1,
-                   help="data-parallel worker processes (gloo on CPUs, NCCL on GPUs)")
+    _add_processes_arg(t)
     t.set_defaults(run=_train)
 
     r = sub.add_parser("resume", help="continue a session from its latest checkpoint")
     _add_session_args(r)
     r.add_argument("--iterations", type=ITERATIONS, help="raise the total iteration budget")
-    r.add_argument("--processes", type=_int_in(1, MAX_PROCESSES), default=1,
-                   help="data-parallel worker processes (gloo on CPUs, NCCL on GPUs)")
+    _add_processes_arg(r)
     r.set_defaults(run=_resume)
 
     for name, what in (("status", "show where a session's training stands"),
@@ -234,7 +232,7 @@ def _train(args: argparse.Namespace) -> int:
         **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     session = TrainingSession.create(data, params, args.session,
                                      checkpoint_interval=args.checkpoint_interval)
-    return follow(session, _start(session, args.processes))
+    return follow(session, session.start(*_runner(args.processes)))
 
 
 def _resume(args: argparse.Namespace) -> int:
@@ -242,14 +240,17 @@ def _resume(args: argparse.Namespace) -> int:
 
     session = TrainingSession.restore(args.session, args.data_root)
     print(f"Resuming {session.directory} from {session.latest_checkpoint or 'the start'}")
-    if args.processes > 1:
-        return follow(session, session.resume(args.iterations, "process", args.processes))
-    return follow(session, session.resume(args.iterations))
+    return follow(session, session.resume(args.iterations, *_runner(args.processes)))
 
 
-def _start(session: Any, processes: int) -> Any:
-    """Train here, or in `processes` data-parallel worker processes."""
-    return session.start("process", processes) if processes > 1 else session.start()
+def _runner(processes: int) -> tuple[str, int]:
+    """(runner, processes): here, or in `processes` data-parallel worker processes."""
+    return ("process", processes) if processes > 1 else ("thread", 1)
+
+
+def _add_processes_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=_int_in(1, MAX_PROCESSES), default=1,
+                        help="data-parallel worker processes (gloo on CPUs, NCCL on GPUs)")
 
 
 def _control(args: argparse.Namespace) -> int:
