@@ -87,12 +87,10 @@ def gather_features(tensors: dict[str, torch.Tensor], n_train: int,
         for part in ("x", "y"):
             chunks = [s[f"{split}_{part}"] for s in shares]
             rows = []
-            for k in range(passes):  # interleave the workers' rows back, pass by pass
-                pieces = [c[k * size:(k + 1) * size] for c, size in zip(chunks, sizes)]
-                order = sorted(range(n), key=lambda i: (i % len(shares), i // len(shares)))
-                stacked = torch.cat(pieces)
-                placed = torch.empty_like(stacked)
-                placed[torch.tensor(order)] = stacked
+            for k in range(passes):  # the inverse of share(), pass by pass: rank r's rows
+                placed = torch.empty((n, *chunks[0].shape[1:]), dtype=chunks[0].dtype)
+                for r, (chunk, size) in enumerate(zip(chunks, sizes)):
+                    placed[r::len(shares)] = chunk[k * size:(k + 1) * size]
                 rows.append(placed)
             whole[f"{split}_{part}"] = torch.cat(rows) if rows else chunks[0]
     return whole
