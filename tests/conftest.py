@@ -6,10 +6,7 @@ Tests that change a session work on a copy of the shared one.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -92,49 +89,3 @@ def seen_event(session: mw.TrainingSession, kind: str, timeout: float) -> bool:
         return seen.wait(timeout)
     finally:
         follower.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(command: list[str], log: Path, url: str, timeout: float, **popen: object
-                 ) -> subprocess.Popen:
-    """Start a server in its own process group, its output copied to `log`, and return once
-    it printed `url` (Jupyter and Voila print where they listen once they do). Waits on the
-    output, not on a clock; fails with the log's tail if the server exits or stays silent."""
-    settled, printed = threading.Event(), []  # settled: the line came, or the output ended
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               start_new_session=True, **popen)  # type: ignore[call-overload]
-
-    def copy_output() -> None:
-        with log.open("wb") as out:
-            for line in process.stdout:
-                out.write(line)
-                out.flush()
-                if not printed and url.encode() in line:
-                    printed.append(line)
-                    settled.set()
-        settled.set()
-
-    threading.Thread(target=copy_output, daemon=True).start()
-    if not (settled.wait(timeout) and printed):
-        stop_process_group(process)
-        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no output)"
-        raise RuntimeError(f"{command[:3]} did not report {url} within {timeout} s:\n{tail}")
-    return process
-
-
-def stop_process_group(process: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process's group (make and the jupyter it started go together), then
-    SIGKILL what is left after `grace` seconds."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()

@@ -18,8 +18,9 @@ TRAINER = textwrap.dedent("""
     params = mw.ModelParameters(algorithm="from_scratch", architecture="small_cnn",
                                 image_size=32, batch_size=8, max_iterations=40)
     session = mw.TrainingSession.create(data, params, sys.argv[2])
-    def show(event):
-        print(event["type"], event.get("step", 0), flush=True)
+    def show(event):  # one write a line: events come from the training and writer threads
+        sys.stdout.write(f"{event['type']} {event.get('step', 0)}\\n")
+        sys.stdout.flush()
     session.on_event(show)
     session.start().wait()
 """)

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, free_port, start_server, stop_process_group
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> object:
@@ -30,15 +41,32 @@ def test_make_lab_serves_the_notebooks_and_opens_the_quick_start(tmp_path: Path)
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_PLATFORM_DIRS": "1",
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
     args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token={token}"
-    base = f"http://127.0.0.1:{port}"
-    lab = start_server(["make", "-o", ".venv/.installed", "lab", f"LAB_ARGS={args}"],
-                       tmp_path / "lab.log", f"{base}/", timeout=120, cwd=ROOT, env=env)
+    log = (tmp_path / "lab.log").open("wb")
+    lab = subprocess.Popen(["make", "-o", ".venv/.installed", "lab", f"LAB_ARGS={args}"],
+                           cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)  # its own group: make and jupyter stop together
     try:
-        assert get_json(f"{base}/api/status?token={token}")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert lab.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]
+            try:
+                get_json(f"{base}/api/status?token={token}")
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.monotonic() < deadline, "JupyterLab did not answer within 2 minutes"
+                time.sleep(0.5)
+
         root = get_json(f"{base}/api/contents?token={token}")
         assert "01-quickstart.ipynb" in {item["name"] for item in root["content"]}
         # The page a browser is sent to: the quick start, opened in JupyterLab.
         opened = "\n".join(p.read_text() for p in runtime.glob("jpserver-file-to-run-*.html"))
         assert "/lab/tree/01-quickstart.ipynb" in opened
     finally:
-        stop_process_group(lab, grace=30)  # make and jupyter together
+        os.killpg(lab.pid, signal.SIGTERM)
+        try:
+            lab.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(lab.pid, signal.SIGKILL)
+            lab.wait()
+        log.close()

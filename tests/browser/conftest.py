@@ -27,8 +27,11 @@ import json
 import os
 import re
 import secrets
+import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +40,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import free_port, start_server, stop_process_group
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
 
 HERE = Path(__file__).resolve().parent
@@ -105,6 +107,12 @@ def browser_context_args(browser_context_args: dict) -> dict:
 
 # --- small helpers ----------------------------------------------------------------------------
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_notebook_file(path: Path, cells: Sequence[str]) -> Path:
     """Write a Python 3 notebook whose code cells are `cells` (sources, in order)."""
     notebook = nbformat.v4.new_notebook(
@@ -133,6 +141,44 @@ def isolated_jupyter_env(base: Path) -> dict[str, str]:
     env["JUPYTER_PLATFORM_DIRS"] = "1"  # silences jupyter_core's deprecation warning
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def wait_until_answering(url: str, process: subprocess.Popen, log: Path,
+                         timeout: float = 60, headers: dict | None = None) -> None:
+    """Poll `url` until it answers over HTTP (any status); fail early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{tail(log)}")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
+                                        timeout=5):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered, with an error status: still up
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer within {timeout} s:\n{tail(log)}")
+        time.sleep(0.2)  # polling interval of a readiness check, not a wait for the test
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 10) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def tail(log: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 # --- JupyterLab -------------------------------------------------------------------------------
@@ -235,10 +281,12 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
         f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
         "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]
-    process = start_server(command, log, f"http://127.0.0.1:{port}/", timeout=60, cwd=root,
-                           env=isolated_jupyter_env(base))
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=root, env=isolated_jupyter_env(base),
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = JupyterLab(f"http://127.0.0.1:{port}", token, root, log, process)
     try:
+        wait_until_answering(f"{server.url}/api/status?token={token}", process, log)
         yield server
     finally:
         try:
@@ -276,10 +324,14 @@ def voila_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
         port, log = free_port(), base / "voila.log"
         command = [sys.executable, "-m", "voila", str(notebook), "--no-browser",
                    f"--port={port}", "--Voila.ip=127.0.0.1"]
-        process = start_server(command, log, f"http://127.0.0.1:{port}/", timeout,
-                               cwd=Path(notebook).parent, env=isolated_jupyter_env(base))
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, cwd=Path(notebook).parent,
+                                       env=isolated_jupyter_env(base), stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
         server = Voila(f"http://127.0.0.1:{port}/", log, process)
         started.append(server)
+        # Not "/": that would render the notebook (start a kernel) just to check readiness.
+        wait_until_answering(f"{server.url}voila/static/", process, log, timeout)
         return server
 
     yield start
