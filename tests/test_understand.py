@@ -110,6 +110,7 @@ def test_a_damaged_or_stale_cache_is_recomputed_never_used(session):
     fresh = mw.TrainingSession.restore(session.directory)
     np.testing.assert_allclose(fresh.predictions(-1), good, atol=1e-6)
     assert fresh.prediction_cache.last_source == "images"
+    fresh.prediction_cache.flush()  # its background rewrite must land before the link replaces it
     record.unlink()
     os.symlink("/etc/passwd", record)  # a link is never followed: recomputed
     fresh = mw.TrainingSession.restore(session.directory)
