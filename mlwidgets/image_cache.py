@@ -206,8 +206,27 @@ class SeededDataLoader(DataLoader):
         return self.order
 
 
-class DecodedDataLoader(SeededDataLoader):
-    """Batches gathered from a `DecodedImages`: one index and one conversion per batch."""
+class TensorRows:
+    """Rows of in-memory tensors (features and labels, say) as a dataset that
+    `GatheringDataLoader` batches with one index per tensor."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def batch(self, indices: torch.Tensor,
+              device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+        return tuple(t.index_select(0, indices).to(device or "cpu") for t in self.tensors)
+
+
+class GatheringDataLoader(SeededDataLoader):
+    """Batches gathered from a dataset with `batch(indices, device)` (`DecodedImages`,
+    `TensorRows`): one index per batch instead of a Python call and a collate per item."""
 
     def create_batches(self, samps: Any) -> Any:
         for chunk in chunked(samps, self.bs, self.drop_last):

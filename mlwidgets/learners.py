@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from fastai.learner import Learner, event
+
 from . import features as feats
 from .loaders import make_dataloaders
 from .models import build_head, build_model
@@ -53,11 +55,10 @@ def learner(record: SessionRecord, phase: str, model: Any, dls: Any, cbs: list[A
     import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     import torch
-    from fastai.learner import Learner
     from fastai.optimizer import Adam
 
     splitter = _body_and_head if hasattr(model, "body") else _all_together
-    learn = Learner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
+    learn = QuickDispatchLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
                     cbs=cbs, splitter=splitter)
     learn.create_opt()
     if phase == "fine_tuning":
@@ -85,26 +86,54 @@ def image_dataloaders(record: SessionRecord, progress: Callable[[int, int], None
                             progress=progress)
 
 
-def feature_dataloaders(record: SessionRecord) -> tuple[Any, Any, int]:
-    """(loaders over the cached features, the frozen body's file record, the feature size)."""
+def feature_dataloaders(record: SessionRecord,
+                        cached: feats.ExtractedFeatures | None = None) -> tuple[Any, Any, int]:
+    """(loaders over the cached features, the frozen body's file record, the feature size):
+    `cached` when this run has just written or verified them, else read from the session."""
     from fastai.data.core import DataLoaders
-    from torch.utils.data import TensorDataset
 
-    from .image_cache import SeededDataLoader
+    from .image_cache import GatheringDataLoader, TensorRows
 
-    cached = feats.find(record.directory / feats.FEATURES_DIR, record.feature_key())
+    if cached is None:
+        cached = feats.find(record.directory / feats.FEATURES_DIR, record.feature_key())
     if cached is None:
         raise RuntimeError(f"the extracted features of {record.directory} are missing; "
                            "start again from a new session or reuse another's features")
     t = cached.tensors
-    train = TensorDataset(t["train_x"], t["train_y"])
+    train = TensorRows(t["train_x"], t["train_y"])
     bs = min(record.parameters.batch_size, len(train))
     # Seeded loaders: fastai's own draws its generator from Python's global RNG when made.
     dls = DataLoaders(
-        SeededDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
-        SeededDataLoader(TensorDataset(t["valid_x"], t["valid_y"]), bs=bs * 2),
+        GatheringDataLoader(train, bs=bs, shuffle=True, drop_last=len(train) > bs),
+        GatheringDataLoader(TensorRows(t["valid_x"], t["valid_y"]), bs=bs * 2),
         device="cpu")
     return dls, cached.body_file, t["train_x"].shape[1]
+
+
+class QuickDispatchLearner(Learner):
+    """fastai's Learner, calling each event only on the callbacks that handle it.
+
+    fastai asks every callback about every event (9 callbacks, 7 events a batch), and a
+    callback finds a handler missing only after asking the Learner and then the model
+    (fastcore's attribute delegation): more Python than a linear head's whole step on
+    cached features. Each handler still runs through `Callback.__call__` (its run flags
+    and error wrapping), and `after_fit` still reaches every callback (it resets `run`)."""
+
+    def __call__(self, event_name: Any) -> None:
+        for name in [event_name] if isinstance(event_name, str) else event_name:
+            self._call_one(name)
+
+    def _call_one(self, event_name: str) -> None:
+        if not hasattr(event, event_name):
+            raise ValueError(f"missing {event_name}")
+        for cb in self.cbs.sorted("order"):
+            if event_name == "after_fit" or _handles(cb, event_name):
+                cb(event_name)
+
+
+def _handles(cb: Any, event_name: str) -> bool:
+    """Whether `cb` has its own handler for `event_name` (a method, or one passed in)."""
+    return hasattr(type(cb), event_name) or event_name in vars(cb)
 
 
 def _body_and_head(model: Any) -> list[list[Any]]:

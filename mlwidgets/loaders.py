@@ -56,14 +56,14 @@ def make_dataloaders(train: Sequence[Item], valid: Sequence[Item], classes: Sequ
     """
     from fastai.data.core import DataLoaders
 
-    from .image_cache import DecodedDataLoader, SeededDataLoader, decode_images, fits_in_cache
+    from .image_cache import GatheringDataLoader, SeededDataLoader, decode_images, fits_in_cache
 
     bs = min(batch_size, len(train))
     loader: type[SeededDataLoader]
     if fits_in_cache(len(train) + len(valid), image_size, cache_mb):
         decoded = decode_images([*train, *valid], classes, image_size, progress)
         train_ds, valid_ds = decoded.split(len(train))
-        loader = DecodedDataLoader
+        loader = GatheringDataLoader
     else:
         train_ds = ImageDataset(train, classes, image_size)
         valid_ds = ImageDataset(valid, classes, image_size)

@@ -14,9 +14,10 @@ from PIL import Image
 
 from mlwidgets.data import Item, split_items
 from mlwidgets.image_cache import (
-    DecodedDataLoader,
     DecodedImages,
+    GatheringDataLoader,
     SeededDataLoader,
+    TensorRows,
     cache_bytes,
     default_cache_mb,
     fits_in_cache,
@@ -50,10 +51,25 @@ def assert_same_batches(a, b) -> None:
 def test_cached_batches_are_exactly_the_streamed_ones(split, tiny_data) -> None:
     cached = loaders(split, tiny_data.classes)
     streamed = loaders(split, tiny_data.classes, cache_mb=0)
-    assert isinstance(cached.train, DecodedDataLoader)
+    assert isinstance(cached.train, GatheringDataLoader)
     assert isinstance(cached.train.dataset, DecodedImages)
     assert_same_batches(epoch(cached.valid), epoch(streamed.valid))
     assert_same_batches(epoch(cached.train, 3), epoch(streamed.train, 3))  # same shuffle too
+
+
+def test_gathered_tensor_rows_are_the_per_item_batches() -> None:
+    """Transfer learning's head trains on TensorRows: the same batches, in the same seeded
+    order, as a per-item loader over the same tensors, the partial last batch dropped alike."""
+    x, y = torch.randn(21, 5), torch.arange(21) % 3
+    gathered = GatheringDataLoader(TensorRows(x, y), bs=BS, shuffle=True, drop_last=True)
+    per_item = SeededDataLoader(torch.utils.data.TensorDataset(x, y), bs=BS, shuffle=True,
+                                drop_last=True)
+    first = epoch(gathered, 7)
+    assert len(first) == 2
+    assert_same_batches(first, epoch(per_item, 7))
+    assert not torch.equal(first[0][1], y[:BS])  # shuffled, so the test compares orders
+    assert_same_batches(epoch(GatheringDataLoader(TensorRows(x, y), bs=BS)),
+                        epoch(SeededDataLoader(torch.utils.data.TensorDataset(x, y), bs=BS)))
 
 
 def test_validation_is_in_item_order_with_imagedataset_values(split, tiny_data) -> None:
