@@ -165,10 +165,13 @@ class _Batches:
 
 
 def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
-         body_state: dict[str, torch.Tensor]) -> None:
-    """Write features atomically into `directory/<key name>` (temporary dir, then rename);
+         body_state: dict[str, torch.Tensor]) -> ExtractedFeatures:
+    """Write features atomically into `directory/<key name>` (temporary dir, then rename)
+    and return them, without reading them back unless another run's were there first;
     `find` reads them back, verified."""
     from safetensors.torch import save as to_bytes
+
+    from . import schemas
 
     if directory.is_symlink():  # the cache would land wherever it points
         raise UnsafeFileError("a symlink inside the session", directory,
@@ -182,7 +185,13 @@ def save(directory: Path, key: dict[str, Any], tensors: dict[str, torch.Tensor],
             write_bytes_durably(tmp / name, data)
             files[name] = {"sha256": sha256_bytes(data), "size": len(data)}
         record = {"key": key, "files": files}
-        write_bytes_durably(tmp / RECORD_FILE, json.dumps(record, indent=2).encode())
+        written = json.dumps(record, indent=2).encode()
+        write_bytes_durably(tmp / RECORD_FILE, written)
+    kept = read_confined(directory, f"{target.name}/{RECORD_FILE}",
+                         max_size=schemas.MAX_SESSION_RECORD_BYTES)
+    if kept != written:  # another run's were there first and are kept: use those
+        return load(target)
+    return ExtractedFeatures(target, tensors, record)
 
 
 def load(path: Path) -> ExtractedFeatures:

@@ -82,6 +82,7 @@ class TrainingRun:
         self.learn: Any = None
         self.model: Any = None  # the network being trained (on cached features, the head alone)
         self._frozen: tuple[Any, dict[str, Any]] | None = None  # linked body file, if any
+        self._features: feats.ExtractedFeatures | None = None  # written or verified here
         self._rng_at_stop: RngStates | None = None
         self.main = distributed.is_main()
         self.commits = BackgroundCommits()
@@ -203,7 +204,8 @@ class TrainingRun:
                                 [augment, *self._sink_callbacks()])
 
     def _feature_learner(self) -> Any:
-        dls, self._frozen, n_features = learners.feature_dataloaders(self.record)
+        dls, self._frozen, n_features = learners.feature_dataloaders(self.record,
+                                                                     self._features)
         self.model = learners.head_network(self.record, self.phase, n_features)
         return learners.learner(self.record, self.phase, classifier_of(self.model.head), dls,
                                 self._sink_callbacks())
@@ -215,7 +217,8 @@ class TrainingRun:
     def _extract_features(self) -> None:
         r, p = self.record, self.record.parameters
         directory, key = r.directory / feats.FEATURES_DIR, r.feature_key()
-        if distributed.agree(feats.find(directory, key) is None):
+        self._features = feats.find(directory, key)
+        if distributed.agree(self._features is None):
             seed_everything(iteration_seed(p.seed, self.phase, -1))
             model = build_model(p, len(r.classes))
             train, valid = r.split
@@ -237,7 +240,7 @@ class TrainingRun:
                 return
             tensors = distributed.gather_features(tensors, len(train), len(valid))
             if self.main:
-                feats.save(directory, key, tensors, feats.body_state(model))
+                self._features = feats.save(directory, key, tensors, feats.body_state(model))
             distributed.barrier()  # the other workers read rank 0's features
         self.completed_iterations = self.total_iterations
         self.metrics = {}

@@ -196,3 +196,21 @@ def test_the_classifier_trains_on_cached_features_without_building_the_backbone(
     job = session.start()
     assert job.wait(300) and job.state == "completed", job.error
     assert [c.phase for c in session.checkpoints][-1] == "training"
+
+
+def test_saved_features_are_what_a_later_run_reads_back(tmp_path):
+    """The run that extracts trains on what `save` returns, unread: it must be exactly what
+    a resumed run reads back, verified; features already there are kept and returned."""
+    key = {"backbone": "test", "views": 1}
+    tensors = {"train_x": torch.randn(6, 4), "train_y": torch.arange(6) % 2,
+               "valid_x": torch.randn(2, 4), "valid_y": torch.arange(2)}
+    body = {"conv.weight": torch.randn(3, 3)}
+    saved = features.save(tmp_path, key, tensors, body)
+    found = features.find(tmp_path, key)
+    assert saved.directory == found.directory and saved.record == found.record
+    assert saved.body_file == found.body_file
+    for name, tensor in found.tensors.items():
+        assert torch.equal(saved.tensors[name], tensor)
+    other = {name: t + 1 if t.is_floating_point() else t for name, t in tensors.items()}
+    again = features.save(tmp_path, key, other, body)  # another run got there first
+    assert torch.equal(again.tensors["train_x"], tensors["train_x"])
