@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=25)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--images-per-class", type=int, default=40)
-    ap.add_argument("--repeats", type=int, default=5, help="interleaved runs of (2) and (3)")
+    ap.add_argument("--repeats", type=int, default=7, help="interleaved runs of (2) and (3)")
     ap.add_argument("--extraction-repeats", type=int, default=5)
     ap.add_argument("--demo-images-per-class", type=int, default=60, help="the demo's default")
     ap.add_argument("--demo-image-size", type=int, help="default: the demo's (224 px)")

@@ -60,17 +60,6 @@ class PretrainedWeightsUnavailable(RuntimeError):
         )
 
 
-class ExtractorWeightsUnavailable(PretrainedWeightsUnavailable):
-    """A timm feature extractor's weights could neither be downloaded nor found cached."""
-
-    def __init__(self, name: str, cause: Exception):
-        RuntimeError.__init__(
-            self, f"could not get the pretrained {name} weights ({type(cause).__name__}: "
-            f"{cause}). Use the built-in feature_extractor='efficientnet_lite0' (no download), "
-            "put the weights in timm's cache (HF_HOME) while online, or pass "
-            f"weights_file='my-{name}.safetensors' with a local file")
-
-
 def load_weights_file(net: nn.Module, weights_file: str | os.PathLike,
                       ignore: tuple[str, ...] = ()) -> None:
     """Load a safetensors state dict into `net`, skipping keys that start with `ignore`.

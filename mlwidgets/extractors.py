@@ -32,7 +32,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import IMAGENET_MEAN, IMAGENET_STD
+from .backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Normalize,
+    PretrainedWeightsUnavailable,
+    load_weights_file,
+    torchvision_body,
+)
 
 BUILT_IN = "efficientnet_lite0"
 TORCHVISION = ("resnet18", "resnet34", "mobilenet_v3_small")
@@ -58,6 +65,17 @@ PREPROCESSING = {
     BUILT_IN: Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     **{name: Preprocessing(IMAGENET_MEAN, IMAGENET_STD) for name in TORCHVISION},
 }
+
+
+class ExtractorWeightsUnavailable(PretrainedWeightsUnavailable):
+    """A timm feature extractor's weights could neither be downloaded nor found cached."""
+
+    def __init__(self, name: str, cause: Exception):
+        RuntimeError.__init__(
+            self, f"could not get the pretrained {name} weights ({type(cause).__name__}: "
+            f"{cause}). Use the built-in feature_extractor={BUILT_IN!r} (no download), "
+            "put the weights in timm's cache (HF_HOME) while online, or pass "
+            f"weights_file='my-{name}.safetensors' with a local file")
 
 
 def preprocessing(name: str) -> Preprocessing:
@@ -94,11 +112,7 @@ def build(name: str, image_size: int, with_weights: bool = True,
     "SAME" convolutions get fixed padding for `image_size`, so the network traces to a
     static graph (Core ML cannot convert run-time padding).
     """
-    from .backbones import load_weights_file
-
     if name in TORCHVISION:
-        from .backbones import torchvision_body
-
         return torchvision_body(name, with_weights and not weights_file,
                                  weights_file if with_weights else None)
     import timm
@@ -110,8 +124,6 @@ def build(name: str, image_size: int, with_weights: bool = True,
     try:
         net = timm.create_model(timm_name, pretrained=download, num_classes=0, global_pool="")
     except Exception as e:  # offline and not in timm's cache: hub and URL errors vary
-        from .backbones import ExtractorWeightsUnavailable
-
         raise ExtractorWeightsUnavailable(name, e) from None
     if with_weights and weights_file:
         load_weights_file(net, weights_file)
@@ -127,8 +139,6 @@ def imagenet_classifier(image_size: int = 224) -> nn.Sequential:
     """The built-in extractor with its original 1000-class ImageNet head (logits), after
     its own normalization: to check the weights on real photos."""
     import timm
-
-    from .backbones import Normalize
 
     net = timm.create_model(LITE0_TIMM_NAME, pretrained=False)
     net.load_state_dict(lite0_weights(), strict=True)

@@ -16,7 +16,6 @@ from . import extractors
 from .backbones import (  # noqa: F401  (re-exported: models is where users look for them)
     IMAGENET_MEAN,
     IMAGENET_STD,
-    ExtractorWeightsUnavailable,
     Normalize,
     PretrainedWeightsUnavailable,
     load_weights_file,

@@ -229,8 +229,12 @@ class TrainingSession(SessionInsight):
     def damaged_checkpoints(self) -> dict[str, str]:
         """The checkpoints that cannot be used, by id, each with one line saying why and
         naming the file: a viewer lists them as damaged instead of hiding them."""
-        self.store.all()
-        return {name: str(error) for name, error in sorted(self.store.damaged.items())}
+        return self.checkpoint_listing()[1]
+
+    def checkpoint_listing(self) -> tuple[list[Checkpoint], dict[str, str]]:
+        """`checkpoints` and `damaged_checkpoints` from one look at the folder."""
+        usable = self.store.all()
+        return usable, {name: str(error) for name, error in sorted(self.store.damaged.items())}
 
     @property
     def latest_checkpoint(self) -> Checkpoint | None:

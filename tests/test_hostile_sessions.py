@@ -577,6 +577,8 @@ def test_a_session_names_its_damaged_checkpoints_for_viewers(case):
     damaged = session.damaged_checkpoints
     assert list(damaged) == [ckpt.name] and "checkpoint.json" in damaged[ckpt.name]
     assert [c.id for c in session.checkpoints] == [checkpoint_dirs(case)[1].name]
+    usable, listed_damaged = session.checkpoint_listing()  # what the timeline shows
+    assert usable == session.checkpoints and listed_damaged == damaged
 
 
 def test_commits_never_go_through_a_linked_checkpoints_folder(case):

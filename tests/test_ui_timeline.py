@@ -258,6 +258,9 @@ class LongSession:
     data_origin: str = ""
     damaged_checkpoints: dict[str, str] = field(default_factory=dict)
 
+    def checkpoint_listing(self) -> tuple[list[Checkpoint], dict[str, str]]:
+        return list(self.checkpoints), dict(self.damaged_checkpoints)
+
 
 def long_history(directory: Path, n: int = 1000) -> list[Checkpoint]:
     model = {"architecture": "small_cnn", "classes": ["a", "b"], "image_size": 32}

@@ -137,8 +137,7 @@ class CheckpointTimeline(widgets.VBox):
         """Re-read the session's checkpoints; keep the selection, or follow the latest."""
         previous = self.selected
         was_latest = self._index is not None and self._index == len(self.checkpoints) - 1
-        self.checkpoints = list(self.session.checkpoints)
-        damaged = self.session.damaged_checkpoints
+        self.checkpoints, damaged = self.session.checkpoint_listing()
         self.damaged.value = "".join(message(f"Damaged, left out: {reason}", "error")
                                      for reason in damaged.values())
         self._index_of = {c.id: i for i, c in enumerate(self.checkpoints)}
