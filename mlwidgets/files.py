@@ -201,6 +201,17 @@ def write_bytes_durably(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def synced_file_record(path: Path) -> dict[str, Any]:
+    """fsync a file just written (by a library, through its path) and return its
+    {sha256, size}, hashed from what is on disk; never through a symlink."""
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        size = _require_regular(fd, Path(path), None, None)
+        os.fsync(fd)
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"sha256": digest, "size": size}
+
+
 def link_or_copy(source: Path, target: Path) -> None:
     """Hard-link `source` as `target` (no extra space), copying where links are impossible."""
     try:

@@ -78,6 +78,20 @@ def test_an_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(
     assert ("fsync", tmp_path.name) in kinds[rename_at + 1:]
 
 
+def test_a_file_a_library_wrote_is_synced_and_recorded_as_it_is_on_disk(tmp_path, syscalls):
+    from safetensors.torch import save, save_file
+
+    path = tmp_path / "body.safetensors"
+    save_file({"w": torch.arange(5.0)}, str(path))
+    record = files.synced_file_record(path)
+    data = save({"w": torch.arange(5.0)})
+    assert record == {"sha256": files.sha256_bytes(data), "size": len(data)}
+    assert ("fsync", os.path.realpath(path), "") in syscalls
+    os.symlink(path, tmp_path / "link.safetensors")  # never through a link
+    with pytest.raises(OSError):
+        files.synced_file_record(tmp_path / "link.safetensors")
+
+
 # -- confinement --------------------------------------------------------------------------
 
 
