@@ -127,3 +127,32 @@ def test_a_card_button_records_its_decision(session):
     panel.grid.children[0].children[4].value = session.classes[-1] if (
         report.outliers[0].label != session.classes[-1]) else session.classes[0]
     assert session.decisions.get(report.outliers[0].path)["action"] == "relabel"
+
+
+def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session):
+    """In a kernel (an event loop runs) a burst of slider moves runs one saliency map, for
+    the checkpoint the slider stopped at; without a loop every move draws at once (above)."""
+    import asyncio
+
+    timeline = CheckpointTimeline(session)
+    image = session.split[1][0].path
+    timeline.insight.show_saliency(image)  # pinned
+    drawn: list[str] = []
+    real = timeline.insight.saliency.show
+
+    async def drag() -> None:
+        done = asyncio.Event()
+
+        def show(found, title=""):
+            real(found, title)
+            drawn.append(title)
+            done.set()
+
+        timeline.insight.saliency.show = show
+        for index in [0, 1, 2, 0, 1]:  # no await in between: one burst
+            timeline.select(index)
+        await asyncio.wait_for(done.wait(), timeout=120)
+
+    asyncio.run(drag())
+    assert drawn == [f"{image.name} at {session.checkpoints[1].id}"]
+    assert session.checkpoints[1].id in timeline.insight.saliency.text.value

@@ -3,6 +3,7 @@ status lines that show errors instead of dying, and small HTML helpers."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import html
@@ -202,6 +203,35 @@ def clicked(action: Callable[[], Any]) -> Callable[[Any], None]:
         except Exception:  # already shown by @reports_errors; keep the kernel log complete
             log.debug("widget action failed", exc_info=True)
     return handler
+
+
+class Debounced:
+    """Run `action` once its calls pause for `delay` seconds: a dragged slider sends a value
+    per step, and each redraw may run a network (a pinned saliency map, say).
+
+    On the kernel's event loop (Jupyter, Voilà) only the last call of a burst runs; where no
+    loop runs (a script, a test calling the public methods) every call runs at once."""
+
+    def __init__(self, action: Callable[..., Any], delay: float = 0.25):
+        self.action, self.delay = action, delay
+        self._pending: asyncio.TimerHandle | None = None
+
+    def __call__(self, *args: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.action(*args)
+            return
+        if self._pending is not None:
+            self._pending.cancel()
+        self._pending = loop.call_later(self.delay, self._run, args)
+
+    def _run(self, args: tuple[Any, ...]) -> None:
+        self._pending = None
+        try:
+            self.action(*args)
+        except Exception:  # shown by the action's @reports_errors; no loop traceback
+            log.debug("debounced widget action failed", exc_info=True)
 
 
 def button(description: str, action: Callable[[], Any], icon: str = "",

@@ -16,6 +16,7 @@ import ipywidgets as widgets
 from ..checkpoints import Checkpoint
 from ..saliency import Saliency
 from .common import (
+    Debounced,
     button,
     card_grid,
     escape,
@@ -101,6 +102,7 @@ class CheckpointInsight(widgets.VBox):
             layout=widgets.Layout(display="none"))
         self.cell = CellImages(self.show_saliency)
         self.saliency = SaliencyView()
+        self._follow_pinned = Debounced(self.show_saliency)
         super().__init__([widgets.HBox([self.other, self.compare_button]), self.status,
                           self.summary, self.changes, self.cell, self.saliency])
         self.add_class("mlwidgets-insight")
@@ -130,7 +132,7 @@ class CheckpointInsight(widgets.VBox):
         self.changes.layout.display = "none"
         self.cell.clear()
         if self.pinned is not None and checkpoint.has_model:
-            self.show_saliency(self.pinned)
+            self._follow_pinned(self.pinned)  # once the slider rests (ui.common.Debounced)
 
     # -- public actions -----------------------------------------------------------------------
 
