@@ -58,8 +58,8 @@ def learner(record: SessionRecord, phase: str, model: Any, dls: Any, cbs: list[A
     from fastai.optimizer import Adam
 
     splitter = _body_and_head if hasattr(model, "body") else _all_together
-    learn = QuickDispatchLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(), opt_func=Adam,
-                    cbs=cbs, splitter=splitter)
+    learn = QuickDispatchLearner(dls, model, loss_func=torch.nn.CrossEntropyLoss(),
+                                 opt_func=Adam, cbs=cbs, splitter=splitter)
     learn.create_opt()
     if phase == "fine_tuning":
         learn.unfreeze()  # before loading the optimizer state: unfreezing clears it

@@ -102,7 +102,7 @@ class CheckpointInsight(widgets.VBox):
             layout=widgets.Layout(display="none"))
         self.cell = CellImages(self.show_saliency)
         self.saliency = SaliencyView()
-        self._follow_pinned = Debounced(self.show_saliency)
+        self._follow_pinned = Debounced(self._redraw_pinned)
         super().__init__([widgets.HBox([self.other, self.compare_button]), self.status,
                           self.summary, self.changes, self.cell, self.saliency])
         self.add_class("mlwidgets-insight")
@@ -131,8 +131,8 @@ class CheckpointInsight(widgets.VBox):
         self.summary.value, self.status.value = "", ""
         self.changes.layout.display = "none"
         self.cell.clear()
-        if self.pinned is not None and checkpoint.has_model:
-            self._follow_pinned(self.pinned)  # once the slider rests (ui.common.Debounced)
+        if self.pinned is not None:
+            self._follow_pinned()  # once the slider rests (ui.common.Debounced)
 
     # -- public actions -----------------------------------------------------------------------
 
@@ -174,6 +174,12 @@ class CheckpointInsight(widgets.VBox):
         return found
 
     # -- drawing -----------------------------------------------------------------------------
+
+    def _redraw_pinned(self) -> None:
+        """The pinned image's map at the checkpoint selected now, if it holds a classifier."""
+        current = self.timeline.selected
+        if self.pinned is not None and current is not None and current.has_model:
+            self.show_saliency(self.pinned)
 
     def _compare_clicked(self) -> None:
         if self.other.value is None:

@@ -52,9 +52,20 @@ def test_drill_down_compare_relabel_and_restart(lab, page: Page, console_errors,
     checkpoints.locator(".mlwidgets-cell").get_by_role(
         "button", name=re.compile("where it looks")).first.click()
     expect(checkpoints.get_by_text(re.compile(r"Grad-CAM for \w+ \(p="))).to_be_visible()
-    page.wait_for_timeout(500)  # the heat map's image arrives after its caption
+    heat_map = checkpoints.locator(".mlwidgets-saliency img")
+    expect(heat_map).to_be_visible()
+    heat_map.evaluate("img => img.decode()")  # it arrives after its caption: wait till drawn
     screenshot(checkpoints.locator(".mlwidgets-cell"), "confusion-cell")
     screenshot(checkpoints.locator(".mlwidgets-saliency"), "saliency")
+    # The map is pinned: moved along the timeline, it is redrawn where the slider rests.
+    saliency = checkpoints.locator(".mlwidgets-saliency")
+    pinned_at = re.search(r" at (\d+-\w+)", saliency.inner_text()).group(1)
+    checkpoints.locator(".widget-hbox").filter(has=page.locator(".widget-hslider")).locator(
+        ".noUi-handle").focus()
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    expect(saliency).not_to_contain_text(pinned_at)
+    expect(saliency).to_contain_text(re.compile(r" at \d+-training"))
 
     data = open_tab(studio, "Data")
     data.get_by_text("Possible problems", exact=True).click()
