@@ -32,14 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .backbones import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Normalize,
-    PretrainedWeightsUnavailable,
-    load_weights_file,
-    torchvision_body,
-)
+from . import backbones
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, PretrainedWeightsUnavailable
 
 BUILT_IN = "efficientnet_lite0"
 TORCHVISION = ("resnet18", "resnet34", "mobilenet_v3_small")
@@ -113,7 +107,7 @@ def build(name: str, image_size: int, with_weights: bool = True,
     static graph (Core ML cannot convert run-time padding).
     """
     if name in TORCHVISION:
-        return torchvision_body(name, with_weights and not weights_file,
+        return backbones.torchvision_body(name, with_weights and not weights_file,
                                  weights_file if with_weights else None)
     import timm
 
@@ -126,7 +120,7 @@ def build(name: str, image_size: int, with_weights: bool = True,
     except Exception as e:  # offline and not in timm's cache: hub and URL errors vary
         raise ExtractorWeightsUnavailable(name, e) from None
     if with_weights and weights_file:
-        load_weights_file(net, weights_file)
+        backbones.load_weights_file(net, weights_file)
     elif with_weights and name == BUILT_IN:
         state = lite0_weights()
         net.load_state_dict({k: v for k, v in state.items()
@@ -144,7 +138,7 @@ def imagenet_classifier(image_size: int = 224) -> nn.Sequential:
     net.load_state_dict(lite0_weights(), strict=True)
     fix_same_padding(net, image_size)
     p = PREPROCESSING[BUILT_IN]
-    return nn.Sequential(Normalize(p.mean, p.std), net).eval()
+    return nn.Sequential(backbones.Normalize(p.mean, p.std), net).eval()
 
 
 class FixedPadConv2d(nn.Conv2d):
