@@ -108,7 +108,7 @@ def build(name: str, image_size: int, with_weights: bool = True,
     """
     if name in TORCHVISION:
         return backbones.torchvision_body(name, with_weights and not weights_file,
-                                 weights_file if with_weights else None)
+                                          weights_file if with_weights else None)
     import timm
 
     timm_name = LITE0_TIMM_NAME if name == BUILT_IN else name
