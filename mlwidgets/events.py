@@ -2,7 +2,10 @@
 
 Everything that watches training (the CLI, `follow.py`, the charts, the dashboard)
 reads these types instead of spelling states and event keys by hand. Events stay plain
-dicts (they are JSON lines in events.jsonl), typed with one TypedDict per kind.
+dicts with a `type` and a `time` (and the `phase` and `step` they happened at). The
+recorded kinds (report, checkpoint, state: JSON lines in events.jsonl) are described,
+with their bounds, by schemas.ReportEvent and schemas.StateEvent, which every line read
+back must match; the live-only kinds by EventType below.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,10 @@ _ALLOWED: dict[RunState, frozenset[str]] = {
 
 
 class EventType(str, Enum):
-    BATCH = "batch"  # streamed training loss, throttled, never recorded
-    PROGRESS = "progress"  # decoding images / extracting features, throttled, never recorded
+    BATCH = "batch"  # streamed training loss (iteration, loss), throttled, never recorded
+    # decoding images / extracting features (task, done, total; iteration: the extraction
+    # pass), throttled, never recorded
+    PROGRESS = "progress"
     REPORT = "report"  # an iteration's metrics (every report_interval iterations)
     CHECKPOINT = "checkpoint"  # a checkpoint was committed
     STATE = "state"  # the run state changed
@@ -82,49 +87,6 @@ class EventType(str, Enum):
 
 
 LIVE_ONLY = (EventType.BATCH, EventType.PROGRESS)
-
-
-class _Base(TypedDict):
-    type: str
-    phase: str
-    step: int
-    time: float
-
-
-class BatchEvent(_Base):
-    iteration: int
-    loss: float
-
-
-class ProgressEvent(_Base, total=False):
-    task: str  # "decoding images" or "extracting features"
-    done: int
-    total: int
-    iteration: int  # the extraction pass
-
-
-class ReportEvent(_Base):
-    iteration: int
-    total_iterations: int
-    elapsed: float
-    metrics: dict[str, float | None]
-
-
-class CheckpointEvent(ReportEvent):
-    id: str
-
-
-class StateEvent(_Base, total=False):
-    state: str  # a RunState value
-    iteration: int
-    total_iterations: int
-    elapsed: float
-    error: str  # failed runs: "ExceptionType: message"
-    note: str  # e.g. what a pause during preparation will redo
-
-
-Event = BatchEvent | ProgressEvent | ReportEvent | CheckpointEvent | StateEvent
-EventKind = Literal["batch", "progress", "report", "checkpoint", "state"]
 
 
 def is_kind(event: dict[str, Any], kind: EventType | str) -> bool:
