@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import io
 import json
 import os
@@ -326,6 +327,17 @@ def test_labels_stay_unique_and_ordered_across_resumed_phases(tmp_path):
     again = [made(5, "training", 2, 8), made(6, "training", 2, 8)]
     labels = timeline_module.unique_labels([*history[:2], *again])
     assert labels == ["it 1", "it 2", "it 2 (step 8)", "it 2 (step 8) (#4)"]
+    # The panels that use a checkpoint name its place in the timeline's words.
+    from types import SimpleNamespace
+
+    from mlwidgets.ui.common import using_checkpoint
+
+    assert "Using checkpoint: fine-tune iteration 2, best" in using_checkpoint(
+        SimpleNamespace(checkpoint=history[4]), best=True)
+    paused = dataclasses.replace(made(7, "training", 2, 11), partial=True)
+    assert timeline_module.unique_labels([paused]) == ["paused at step 11"]
+    assert "Using checkpoint: paused at step 11<" in using_checkpoint(
+        SimpleNamespace(checkpoint=paused))
 
 
 def test_a_damaged_checkpoint_is_listed_as_damaged_and_the_others_stay_usable(trained_copy):

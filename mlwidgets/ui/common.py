@@ -145,15 +145,31 @@ def clicked_cell(on_cell: Callable[[str, str], Any]) -> Callable[..., None]:
     return handler
 
 
+PHASE_NAMES = {"training": "", "fine_tuning": "fine-tune", "extracting_features": "features"}
+
+
+def checkpoint_place(checkpoint: Any, short: bool = False, step: bool = False) -> str:
+    """Where a checkpoint lies on the timeline, in the same words on every panel:
+    'iteration 12' ('it 12' when `short`), after its phase when that is not training
+    ('fine-tune it 3'), or 'paused at step 37' for a pause inside an iteration; `step`
+    adds the step to an iteration."""
+    c = checkpoint
+    phase = PHASE_NAMES.get(c.phase, c.phase.replace("_", " "))
+    if c.partial:
+        where = f"paused at step {c.step_number}"
+    else:
+        where = f"{'it' if short else 'iteration'} {c.iteration}" + (
+            f" (step {c.step_number})" if step else "")
+    return f"{phase} {where}" if phase else where
+
+
 def using_checkpoint(classifier: Any, best: bool = False) -> str:
     """HTML: which checkpoint a panel uses, in words ('checkpoint: iteration 5, best'); the
     checkpoint's id in a tooltip."""
     c = getattr(classifier, "checkpoint", None)
     if c is None:
         return ""
-    where = f"paused at step {c.step_number}" if c.partial else f"iteration {c.iteration}"
-    phase = "" if c.phase == "training" else f"{c.phase.replace('_', ' ')} "
-    text = f"Using checkpoint: {phase}{where}{', best' if best else ''}"
+    text = f"Using checkpoint: {checkpoint_place(c)}{', best' if best else ''}"
     return f"<div title='{escape(c.id)}'>{message(text)}</div>"
 
 

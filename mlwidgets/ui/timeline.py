@@ -17,6 +17,7 @@ import ipywidgets as widgets
 from ..checkpoints import Checkpoint, best_of
 from .common import (
     button,
+    checkpoint_place,
     confusion_heatmap,
     escape,
     figure,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from ..session import TrainingSession
 
 RestoreCallback = Callable[["ImageClassifier"], None]
-PHASE_NAMES = {"training": "", "fine_tuning": "fine-tune", "extracting_features": "features"}
 # (row, loss metric, accuracy metric) of the metrics table
 METRIC_ROWS = (("training", "train_loss", "train_accuracy"),
                ("validation", "valid_loss", "valid_accuracy"),
@@ -52,11 +52,7 @@ def _locked(method: Callable) -> Callable:
 def checkpoint_label(checkpoint: Checkpoint, best: bool = False, step: bool = False) -> str:
     """'it 12 · val acc 0.97', with the phase when not training and ★ for the best;
     'paused at step 37' for a pause inside an iteration; `step` adds the step."""
-    phase = PHASE_NAMES.get(checkpoint.phase, checkpoint.phase.replace("_", " "))
-    where = (f"paused at step {checkpoint.step_number}" if checkpoint.partial
-             else f"it {checkpoint.iteration}"
-             + (f" (step {checkpoint.step_number})" if step else ""))
-    parts = [f"{phase + ' ' if phase else ''}{where}"]
+    parts = [checkpoint_place(checkpoint, short=True, step=step)]
     m = checkpoint.metrics
     for key, short in (("valid_accuracy", "val acc"), ("train_loss", "loss")):
         if _finite(m.get(key)):
