@@ -129,10 +129,16 @@ def test_a_card_button_records_its_decision(session):
     assert session.decisions.get(report.outliers[0].path)["action"] == "relabel"
 
 
-def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session):
-    """In a kernel (an event loop runs) a burst of slider moves runs one saliency map, for
-    the checkpoint the slider stopped at; without a loop every move draws at once (above)."""
+def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session, monkeypatch):
+    """In a kernel a burst of slider moves runs one saliency map, on the kernel's event
+    loop, for the checkpoint the slider stopped at; outside one every move draws at once
+    (above). The kernel is played by a fresh thread's event loop."""
     import asyncio
+    import threading
+
+    from mlwidgets.ui import common
+
+    monkeypatch.setattr(common, "kernel_event_loop", asyncio.get_running_loop)
 
     timeline = CheckpointTimeline(session)
     image = session.split[1][0].path
@@ -153,6 +159,18 @@ def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session):
             timeline.select(index)
         await asyncio.wait_for(done.wait(), timeout=120)
 
-    asyncio.run(drag())
+    failed: list[BaseException] = []
+
+    def kernel() -> None:
+        try:
+            asyncio.run(drag())
+        except BaseException as e:  # noqa: BLE001  (re-raised in the test's thread)
+            failed.append(e)
+
+    thread = threading.Thread(target=kernel)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
     assert drawn == [f"{image.name} at {session.checkpoints[1].id}"]
     assert session.checkpoints[1].id in timeline.insight.saliency.text.value

@@ -8,6 +8,7 @@ import copy
 import functools
 import html
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -221,21 +222,33 @@ def clicked(action: Callable[[], Any]) -> Callable[[Any], None]:
     return handler
 
 
+def kernel_event_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop of the Jupyter kernel running this code, or None outside a kernel."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if getattr(shell, "kernel", None) is None:
+        return None
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:  # a kernel thread other than the one its loop runs in
+        return None
+
+
 class Debounced:
     """Run `action` once its calls pause for `delay` seconds: a dragged slider sends a value
     per step, and each redraw may run a network (a pinned saliency map, say).
 
-    On the kernel's event loop (Jupyter, Voilà) only the last call of a burst runs; where no
-    loop runs (a script, a test calling the public methods) every call runs at once."""
+    In a Jupyter kernel (JupyterLab, Voilà) only the last call of a burst runs, on the
+    kernel's event loop; anywhere else (a script, a test calling the public methods) every
+    call runs at once, even where some library left an event loop marked running."""
 
     def __init__(self, action: Callable[..., Any], delay: float = 0.25):
         self.action, self.delay = action, delay
         self._pending: asyncio.TimerHandle | None = None
 
     def __call__(self, *args: Any) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        loop = kernel_event_loop()
+        if loop is None:
             self.action(*args)
             return
         if self._pending is not None:
