@@ -134,7 +134,7 @@ def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session, monkeypa
     loop, for the checkpoint the slider stopped at; outside one every move draws at once
     (above). The kernel is played by a fresh thread's event loop."""
     import asyncio
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from mlwidgets.ui import common
 
@@ -159,18 +159,7 @@ def test_a_dragged_slider_redraws_the_pinned_map_once_it_rests(session, monkeypa
             timeline.select(index)
         await asyncio.wait_for(done.wait(), timeout=120)
 
-    failed: list[BaseException] = []
-
-    def kernel() -> None:
-        try:
-            asyncio.run(drag())
-        except BaseException as e:  # noqa: BLE001  (re-raised in the test's thread)
-            failed.append(e)
-
-    thread = threading.Thread(target=kernel)
-    thread.start()
-    thread.join()
-    if failed:
-        raise failed[0]
+    with ThreadPoolExecutor(1) as kernel:  # its failure is raised here by result()
+        kernel.submit(asyncio.run, drag()).result()
     assert drawn == [f"{image.name} at {session.checkpoints[1].id}"]
     assert session.checkpoints[1].id in timeline.insight.saliency.text.value
