@@ -3,6 +3,7 @@ that handle them. Everything a callback can see must stay exactly as with fastai
 
 from __future__ import annotations
 
+import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
 import pytest
 import torch
 from fastai.callback.core import Callback
@@ -61,8 +62,6 @@ def fit(learner_class: type, epochs: int = 2):
 
 @pytest.mark.parametrize("epochs", [1, 3])
 def test_every_callback_sees_what_fastais_learner_shows_it(epochs):
-    import fastai.callback.progress  # noqa: F401  (Learner.no_bar)
-
     theirs, seen_theirs, skips_theirs, passed_theirs = fit(Learner, epochs)
     ours, seen_ours, skips_ours, passed_ours = fit(QuickDispatchLearner, epochs)
     assert seen_ours == seen_theirs
