@@ -190,9 +190,11 @@ class Checkpoint:
         return self.model
 
     def load_model_state(self, expected: dict[str, Any] | None = None,
-                         prefix: str = "") -> dict[str, Any]:
+                         head_only: bool = False) -> dict[str, Any]:
         """The whole network's weights: model.safetensors, plus body.safetensors if any;
-        with `prefix`, only the weights whose names start with it (e.g. "head.").
+        with `head_only`, the head's alone (`head.…`), from model.safetensors: a linked
+        body holds the frozen extractor (features.body_state), never the head, and is by
+        far the largest file to read and verify.
 
         `expected` (a skeleton's state dict) is checked first: the same tensor names and
         shapes, or CheckpointError naming the file, before any weight is loaded."""
@@ -200,16 +202,11 @@ class Checkpoint:
             raise CheckpointError(
                 f"checkpoint {self.id} holds no trained classifier (phase {self.phase!r})",
                 self.path, "choose a checkpoint from a training phase")
-        names = [MODEL_FILE, *([BODY_FILE] if BODY_FILE in self.files else [])]
-        wanted: dict[str, bytes] = {}  # each file read and verified once
-        shapes: dict[str, tuple[int, ...]] = {}
-        for name in names:
-            data = self.read_verified(name)
-            found = {k: shape for k, (_, shape) in self._header(name, data).items()
-                     if k.startswith(prefix)}
-            if found:  # a file with nothing wanted (the frozen body, for "head.") is skipped
-                wanted[name] = data
-                shapes.update(found)
+        linked = [BODY_FILE] if BODY_FILE in self.files and not head_only else []
+        prefix = "head." if head_only else ""
+        blobs = {name: self.read_verified(name) for name in (MODEL_FILE, *linked)}  # once each
+        shapes = {k: shape for name, data in blobs.items()  # every header checked first
+                  for k, (_, shape) in self._header(name, data).items() if k.startswith(prefix)}
         if expected is not None:
             problem = tensorfiles.mismatch(shapes, expected)
             if problem:
@@ -218,7 +215,7 @@ class Checkpoint:
                     f"{self.model.get('architecture')!r}: {problem}", self.path / MODEL_FILE,
                     USE_ANOTHER)
         state: dict[str, Any] = {}
-        for name, data in wanted.items():
+        for name, data in blobs.items():
             state.update((k, v) for k, v in self._tensors(name, data).items()
                          if k.startswith(prefix))
         return state

@@ -46,7 +46,7 @@ def head_network(record: SessionRecord, phase: str, n_features: int) -> Any:
     model = nn.Sequential(OrderedDict(head=head))
     if latest is not None and latest.has_model:
         model.load_state_dict(latest.load_model_state(expected=model.state_dict(),
-                                                      prefix="head."))
+                                                      head_only=True))
     return model
 
 

@@ -208,7 +208,7 @@ def head_probabilities(checkpoint: Checkpoint, valid_x: torch.Tensor) -> np.ndar
     holder = torch.nn.Sequential(OrderedDict(head=build_head(
         params, int(valid_x.shape[1]), len(record["classes"]), seeded=False)))
     holder.load_state_dict(checkpoint.load_model_state(expected=holder.state_dict(),
-                                                       prefix="head."))
+                                                       head_only=True))
     head = classifier_of(holder.head)
     head.eval()
     with torch.inference_mode():

@@ -60,6 +60,20 @@ def test_a_training_checkpoint_is_a_whole_classifier(transferred, tiny_data):
     assert np.abs(classifier.probabilities(valid) - expected).max() < 1e-5
 
 
+def test_the_head_alone_is_read_without_the_frozen_body(transferred, monkeypatch):
+    checkpoint = transferred.checkpoints[-1]
+    whole = checkpoint.load_model_state()
+    read: list[str] = []
+    real = type(checkpoint).read_verified
+    monkeypatch.setattr(type(checkpoint), "read_verified",
+                        lambda self, name: read.append(name) or real(self, name))
+    head = checkpoint.load_model_state(head_only=True)
+    assert read == ["model.safetensors"]  # the body is by far the largest file
+    assert head.keys() == {k for k in whole if k.startswith("head.")}
+    for key, tensor in head.items():
+        assert torch.equal(tensor, whole[key])
+
+
 def test_the_frozen_backbone_is_stored_once(transferred):
     training = [c for c in transferred.checkpoints if c.phase == "training"]
     inodes = {(c.path / "body.safetensors").stat().st_ino for c in training}
