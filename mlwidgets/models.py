@@ -65,7 +65,7 @@ def build_model(params: ModelParameters, n_classes: int,
                                              weights_file)
     # Transfer learning trains its head alone first, on cached features (learners.py).
     head = build_head(params, n_features, n_classes,
-                         seeded=params.algorithm == "transfer_learning")
+                      seeded=params.algorithm == "transfer_learning")
     return nn.Sequential(OrderedDict(normalize=Normalize(), body=body, head=head))
 
 
@@ -89,7 +89,7 @@ def classifier_layers(params: ModelParameters, n_features: int, n_classes: int) 
 
 
 def build_head(params: ModelParameters, n_features: int, n_classes: int,
-                  seeded: bool = True) -> nn.Sequential:
+               seeded: bool = True) -> nn.Sequential:
     """A network's head: pool, flatten, the classifier layers. `seeded`: seeded on its own,
     so its first weights depend on `params.seed` only, never on the body built before it
     (transfer learning's head phase builds the head alone, on cached features)."""
