@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, stop_process_group, wait_until_answering
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str) -> object:
@@ -47,15 +38,8 @@ def test_make_lab_serves_the_notebooks_and_opens_the_quick_start(tmp_path: Path)
                            start_new_session=True)  # its own group: make and jupyter stop together
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert lab.poll() is None, (tmp_path / "lab.log").read_text()[-3000:]
-            try:
-                get_json(f"{base}/api/status?token={token}")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "JupyterLab did not answer within 2 minutes"
-                time.sleep(0.5)
+        wait_until_answering(f"{base}/api/status?token={token}", lab, tmp_path / "lab.log",
+                             timeout=120)
 
         root = get_json(f"{base}/api/contents?token={token}")
         assert "01-quickstart.ipynb" in {item["name"] for item in root["content"]}
@@ -63,10 +47,5 @@ def test_make_lab_serves_the_notebooks_and_opens_the_quick_start(tmp_path: Path)
         opened = "\n".join(p.read_text() for p in runtime.glob("jpserver-file-to-run-*.html"))
         assert "/lab/tree/01-quickstart.ipynb" in opened
     finally:
-        os.killpg(lab.pid, signal.SIGTERM)
-        try:
-            lab.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(lab.pid, signal.SIGKILL)
-            lab.wait()
+        stop_process_group(lab, grace=30)
         log.close()

@@ -27,11 +27,8 @@ import json
 import os
 import re
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +38,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from playwright.sync_api import ConsoleMessage, Locator, Page, expect
+from servers import free_port, stop_process_group, wait_until_answering
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -107,12 +105,6 @@ def browser_context_args(browser_context_args: dict) -> dict:
 
 # --- small helpers ----------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_notebook_file(path: Path, cells: Sequence[str]) -> Path:
     """Write a Python 3 notebook whose code cells are `cells` (sources, in order)."""
     notebook = nbformat.v4.new_notebook(
@@ -141,44 +133,6 @@ def isolated_jupyter_env(base: Path) -> dict[str, str]:
     env["JUPYTER_PLATFORM_DIRS"] = "1"  # silences jupyter_core's deprecation warning
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def wait_until_answering(url: str, process: subprocess.Popen, log: Path,
-                         timeout: float = 60, headers: dict | None = None) -> None:
-    """Poll `url` until it answers over HTTP (any status); fail early if `process` exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}),
-                                        timeout=5):
-                return
-        except urllib.error.HTTPError:
-            return  # it answered, with an error status: still up
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer within {timeout} s:\n{tail(log)}")
-        time.sleep(0.2)  # polling interval of a readiness check, not a wait for the test
-
-
-def stop_process_group(process: subprocess.Popen, grace: float = 10) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # --- JupyterLab -------------------------------------------------------------------------------
