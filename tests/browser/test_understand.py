@@ -66,6 +66,7 @@ def test_drill_down_compare_relabel_and_restart(lab, page: Page, console_errors,
         page.keyboard.press("ArrowLeft")
     expect(saliency).not_to_contain_text(pinned_at)
     expect(saliency).to_contain_text(re.compile(r" at \d+-training"))
+    screenshot(checkpoints, "saliency-followed")
 
     data = open_tab(studio, "Data")
     data.get_by_text("Possible problems", exact=True).click()
